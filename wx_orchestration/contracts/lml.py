@@ -1,0 +1,154 @@
+"""Typed shapes of the LML request and response bodies (DESIGN.md §3).
+
+Every model ignores unknown keys: LML adds fields without notice and a new field must never turn a
+good answer into an `invalid_response`. Free-text enumerations that LML is likely to grow (methods,
+sources, degraded reasons, breaker states) are plain strings; only the values our rules branch on
+are `Literal`s.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_BULK_RESOLVE_INPUTS = 1000
+MAX_LOOKUP_BULK_ITEMS = 100
+
+ResolveKind = Literal["single_artist", "compilation", "unresolved"]
+SearchType = Literal["direct", "fallback", "alternative", "compilation", "song_as_artist", "none"]
+BulkLookupStatus = Literal[
+    "match", "no_match", "error", "shed_limiter_saturated", "shed_breaker_open"
+]
+Confidence = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class LmlBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class BulkResolveInput(LmlBody):
+    library_id: int
+    # `library.artist_name` is nullable and the `artists` fallback can be missing too.
+    artist_name: str | None
+    album_title: str
+    legacy_release_id: int
+
+
+class BulkResolveRequest(LmlBody):
+    inputs: list[BulkResolveInput]
+    include_tracks: bool = False
+
+
+class Provenance(LmlBody):
+    # Catalog ids are strings in the contract, but numeric ids (Discogs, Apple Music) sometimes
+    # arrive as JSON numbers; coercing keeps one stray number from failing a 1000-row batch.
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    source: str
+    method: str
+    confidence: Confidence | None = None
+    external_id: str | None = None
+
+
+class MainIdentity(LmlBody):
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    discogs_artist_id: int | None = None
+    musicbrainz_artist_id: str | None = None
+    wikidata_qid: str | None = None
+    spotify_artist_id: str | None = None
+    apple_music_artist_id: str | None = None
+    bandcamp_id: str | None = None
+
+
+class BulkResolveResult(LmlBody):
+    kind: ResolveKind
+    library_id: int
+    provenance: list[Provenance] = Field(default_factory=list)
+    main: MainIdentity | None = None
+    method: str | None = None
+    confidence: Confidence | None = None
+    tracks_attempted: bool | None = None
+    tracks: list[Any] | None = None
+
+    @field_validator("provenance", mode="before")
+    @classmethod
+    def _null_provenance_is_empty(cls, value: object) -> object:
+        return [] if value is None else value
+
+
+class BulkResolveResponse(LmlBody):
+    results: list[BulkResolveResult]
+    cache_stats: dict[str, Any] | None = None
+    tracks_contract_version: int | None = None
+
+
+class LookupItem(LmlBody):
+    artist: str
+    album: str | None = None
+    song: str | None = None
+    raw_message: str | None = None
+    extended: bool | None = None
+
+
+class BulkLookupRequest(LmlBody):
+    items: list[LookupItem]
+
+
+class LibraryItem(LmlBody):
+    # `id == 0` marks a result that is not a row of the station's library.
+    id: int
+    title: str | None = None
+    artist: str | None = None
+
+
+class WriterCredits(LmlBody):
+    names: list[str]
+    provenance: str
+
+
+class Artwork(LmlBody):
+    release_id: int | None = None
+    release_url: str | None = None
+    album: str | None = None
+    artist: str | None = None
+    artwork_url: str | None = None
+    release_year: int | None = None
+    artist_bio: str | None = None
+    wikipedia_url: str | None = None
+    spotify_url: str | None = None
+    apple_music_url: str | None = None
+    youtube_music_url: str | None = None
+    bandcamp_url: str | None = None
+    soundcloud_url: str | None = None
+    writer_credits: WriterCredits | None = None
+
+
+class LookupResult(LmlBody):
+    library_item: LibraryItem
+    artwork: Artwork | None = None
+
+
+class LookupResponse(LmlBody):
+    results: list[LookupResult] = Field(default_factory=list)
+    search_type: SearchType = "none"
+    degraded: bool = False
+    degraded_reason: str | None = None
+    timeout: bool = False
+
+
+class BulkLookupResult(LmlBody):
+    index: int
+    status: BulkLookupStatus
+    lookup: LookupResponse | None = None
+    message: str | None = None
+
+
+class BulkLookupResponse(LmlBody):
+    results: list[BulkLookupResult]
+
+
+class HealthResponse(LmlBody):
+    status: str | None = None
+    discogs_breaker_state: str | None = None

@@ -1,0 +1,120 @@
+"""Session servers for the tests: embedded PostgreSQL and Valkey, or the ones the env names.
+
+`DATABASE_URL` / `REDIS_URL`, when set, point the suite at existing servers (the role must be
+allowed to CREATE DATABASE). Otherwise the same code as `wx up` starts embedded servers.
+Every test gets its own database and its own Redis logical database, so no test sees another's
+leftovers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+from wx_orchestration.db.migrations import apply_migrations
+from wx_orchestration.devstack.servers import EmbeddedPostgres, EmbeddedValkey
+
+STATION_SCHEMA = "wxyc_schema"
+
+
+def with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+def _create_database(admin_url: str, name: str, template: str | None = None) -> None:
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("servers")
+    # PostgreSQL runs as `nobody` when we are root; let it reach its data directory.
+    for parent in [path, *path.parents]:
+        if parent == Path("/tmp") or parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o711)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(servers_dir: Path) -> Iterator[str]:
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(servers_dir)
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_server_url: str) -> Iterator[str]:
+    """A database with the station mirror and our migrations, cloned for each test."""
+    name = f"wxt_template_{uuid.uuid4().hex[:10]}"
+    _create_database(pg_server_url, name)
+    apply_migrations(
+        with_database(pg_server_url, name), with_station_schema=True, station_schema=STATION_SCHEMA
+    )
+    yield name
+    _drop_database(pg_server_url, name)
+
+
+@pytest.fixture
+def fresh_database(pg_server_url: str) -> Iterator[str]:
+    """URL of a new, empty database."""
+    name = f"wxt_{uuid.uuid4().hex[:12]}"
+    _create_database(pg_server_url, name)
+    yield with_database(pg_server_url, name)
+    _drop_database(pg_server_url, name)
+
+
+@pytest.fixture
+def station_db(pg_server_url: str, template_database: str) -> Iterator[str]:
+    """URL of a new database holding the station mirror (`wxyc_schema`) and our schema."""
+    name = f"wxt_{uuid.uuid4().hex[:12]}"
+    _create_database(pg_server_url, name, template=template_database)
+    yield with_database(pg_server_url, name)
+    _drop_database(pg_server_url, name)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(servers_dir: Path) -> Iterator[str]:
+    external = os.environ.get("REDIS_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedValkey(servers_dir)
+    yield server.start()
+    server.stop()
+
+
+_redis_databases = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """URL of an emptied Redis logical database (1..15; 0 is left to whoever else uses it)."""
+    url = urlunsplit(urlsplit(redis_server_url)._replace(path=f"/{next(_redis_databases)}"))
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
