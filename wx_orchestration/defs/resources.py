@@ -1,0 +1,163 @@
+"""The typed resources every Dagster asset, check, sensor and schedule uses.
+
+Each wraps a plain client that the sidecar uses directly (it never imports Dagster), so the
+resource adds configuration and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+import psycopg
+import redis
+from psycopg import sql
+from pydantic import Field, PrivateAttr
+
+from wx_orchestration.clients.lml import LmlCallRecorder, LmlClient
+from wx_orchestration.clients.redis_client import shared_redis
+from wx_orchestration.contracts.lml import (
+    BulkLookupResponse,
+    BulkResolveInput,
+    BulkResolveResponse,
+    HealthResponse,
+    LookupItem,
+    LookupResponse,
+)
+from wx_orchestration.db.pool import shared_pool
+from wx_orchestration.settings import DEFAULT_STATION_SCHEMA, redact_url, validate_schema_name
+
+
+class LmlResource(dg.ConfigurableResource):
+    """The Library Metadata Lookup service (`LIBRARY_METADATA_URL`, `LML_API_KEY`)."""
+
+    base_url: str = Field(description="LML base URL, e.g. https://lml.example.org")
+    api_key: str = Field(
+        default="", description="Bearer key; empty sends no Authorization header"
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=30.0, gt=0)
+    total_timeout_s: float = Field(
+        default=60.0, gt=0, description="per call, retries of retryable errors included"
+    )
+    max_retries: int = Field(default=2, ge=0)
+
+    _client: LmlClient | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __repr_args__(self) -> Sequence[tuple[str | None, Any]]:
+        return [
+            (name, "***" if name == "api_key" and value else value)
+            for name, value in super().__repr_args__()
+        ]
+
+    def get_client(self) -> LmlClient:
+        with self._lock:
+            if self._client is None:
+                self._client = LmlClient(
+                    self.base_url,
+                    api_key=self.api_key,
+                    connect_timeout=self.connect_timeout_s,
+                    read_timeout=self.read_timeout_s,
+                    total_timeout=self.total_timeout_s,
+                    max_retries=self.max_retries,
+                )
+            return self._client
+
+    def bulk_resolve_libraries(
+        self,
+        inputs: Sequence[BulkResolveInput | Mapping[str, Any]],
+        include_tracks: bool = False,
+        *,
+        stats: LmlCallRecorder | None = None,
+    ) -> BulkResolveResponse:
+        return self.get_client().bulk_resolve_libraries(inputs, include_tracks, stats=stats)
+
+    def lookup_bulk(
+        self,
+        items: Sequence[LookupItem | Mapping[str, Any]],
+        *,
+        stats: LmlCallRecorder | None = None,
+    ) -> BulkLookupResponse:
+        return self.get_client().lookup_bulk(items, stats=stats)
+
+    def lookup(
+        self, item: LookupItem | Mapping[str, Any], *, stats: LmlCallRecorder | None = None
+    ) -> LookupResponse:
+        return self.get_client().lookup(item, stats=stats)
+
+    def health(self) -> HealthResponse:
+        return self.get_client().health()
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The station database (`DATABASE_URL`), through one psycopg pool per process."""
+
+    database_url: str = Field(description="libpq URL of the station database")
+    station_schema: str = Field(
+        default=DEFAULT_STATION_SCHEMA, description="schema of the station tables"
+    )
+    pool_max_size: int = Field(default=4, ge=1)
+
+    def __repr_args__(self) -> Sequence[tuple[str | None, Any]]:
+        return [
+            (name, redact_url(value) if name == "database_url" else value)
+            for name, value in super().__repr_args__()
+        ]
+
+    @property
+    def schema(self) -> str:
+        return validate_schema_name(self.station_schema)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection with `search_path` set to the station schema, then ours.
+
+        The block runs in one transaction, committed on exit (rolled back on error).
+        """
+        with shared_pool(self.database_url, max_size=self.pool_max_size).connection() as conn:
+            conn.execute(
+                sql.SQL("SET search_path TO {}, wx_orchestration").format(
+                    sql.Identifier(self.schema)
+                )
+            )
+            yield conn
+
+
+class RedisResource(dg.ConfigurableResource):
+    """Redis (`REDIS_URL`): streams, consumer groups, the shared LML budget."""
+
+    url: str = Field(description="redis:// URL")
+
+    def __repr_args__(self) -> Sequence[tuple[str | None, Any]]:
+        return [
+            (name, redact_url(value) if name == "url" else value)
+            for name, value in super().__repr_args__()
+        ]
+
+    def get_client(self) -> redis.Redis:
+        return shared_redis(self.url)
+
+
+def _optional_env(name: str, default: str) -> str:
+    # EnvVar refuses unset variables at launch; these two have documented defaults.
+    return dg.EnvVar(name) if os.environ.get(name) else default  # type: ignore[return-value]
+
+
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """Resource instances wired to the environment with `EnvVar` (resolved at launch)."""
+    return {
+        "lml": LmlResource(
+            base_url=dg.EnvVar("LIBRARY_METADATA_URL"),
+            api_key=_optional_env("LML_API_KEY", ""),
+        ),
+        "postgres": PostgresResource(
+            database_url=dg.EnvVar("DATABASE_URL"),
+            station_schema=_optional_env("WXYC_SCHEMA_NAME", DEFAULT_STATION_SCHEMA),
+        ),
+        "redis": RedisResource(url=dg.EnvVar("REDIS_URL")),
+    }
