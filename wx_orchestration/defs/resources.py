@@ -114,18 +114,24 @@ class PostgresResource(dg.ConfigurableResource):
         return validate_schema_name(self.station_schema)
 
     @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
         """A pooled connection with `search_path` set to the station schema, then ours.
 
-        The block runs in one transaction, committed on exit (rolled back on error).
+        By default the block is one transaction, committed on exit (rolled back on error).
+        With `autocommit`, the caller delimits transactions itself (`conn.transaction()`).
         """
         with shared_pool(self.database_url, max_size=self.pool_max_size).connection() as conn:
-            conn.execute(
-                sql.SQL("SET search_path TO {}, wx_orchestration").format(
-                    sql.Identifier(self.schema)
+            conn.autocommit = autocommit
+            try:
+                conn.execute(
+                    sql.SQL("SET search_path TO {}, wx_orchestration").format(
+                        sql.Identifier(self.schema)
+                    )
                 )
-            )
-            yield conn
+                yield conn
+            finally:
+                if autocommit:
+                    conn.autocommit = False
 
 
 class RedisResource(dg.ConfigurableResource):

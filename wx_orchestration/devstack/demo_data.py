@@ -116,7 +116,8 @@ def _flowsheet_rows(
             at = at + timedelta(minutes=minutes)
             rows.append(
                 {"show_id": show_id, "entry_type": entry_type, "play_order": play_order,
-                 "add_time": at, "dj_name": dj, **cols}
+                 "add_time": at, "dj_name": dj, "request_flag": False, "segue": False,
+                 "metadata_status": "pending", **cols}
             )
 
         add("show_start", 0, message=f"Start of {SHOWS[show_index][0]}")

@@ -122,7 +122,7 @@ class Stack:
         print(f"migrations: {len(applied)} applied")
         if self.options.demo_data:
             counts = load_demo_data(database_url, station_schema=settings.station_schema)
-            print(f"demo data: {counts}")
+            print(f"demo data: {counts}" if any(counts.values()) else "demo data: already loaded")
 
         env["LIBRARY_METADATA_URL"] = settings.lml_url or self._emulator(env)
         dagster_home = self._dagster_home(env)

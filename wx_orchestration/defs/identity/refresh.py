@@ -1,0 +1,117 @@
+"""One shard's identity refresh: select → bulk-resolve → plan → write, batch after batch.
+
+Kept free of Dagster so it can be driven and tested with a plain connection and client; the
+asset in `assets.py` wraps it with config, metadata and checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+import sentry_sdk
+
+from wx_orchestration.clients.lml import LmlClient, LmlError
+from wx_orchestration.core.identity import (
+    IdentityDiff,
+    IdentityTotals,
+    LibraryRow,
+    diff_writes,
+    plan_batch,
+)
+from wx_orchestration.contracts.lml import BulkResolveResponse
+from wx_orchestration.db.identity import (
+    Selection,
+    current_rows,
+    select_stale_batch,
+    write_batch,
+)
+
+log = logging.getLogger("wx_orchestration.identity")
+
+
+class LmlAuthError(RuntimeError):
+    """LML refused our key: stop at once rather than burn through every batch."""
+
+
+@dataclass(frozen=True)
+class RefreshOptions:
+    selection: Selection
+    batch_size: int = 500
+    dry_run: bool = False
+
+
+@dataclass
+class RefreshResult:
+    totals: IdentityTotals = field(default_factory=IdentityTotals)
+    diff: IdentityDiff | None = None
+    batches: int = 0
+
+
+def _resolve(
+    lml: LmlClient, batch: list[LibraryRow], totals: IdentityTotals
+) -> BulkResolveResponse | None:
+    """LML's answer for the batch, or None when the call failed (every row: `lml_error`)."""
+    with sentry_sdk.start_span(op="lml.bulk_resolve_libraries") as span:
+        span.set_data("lml.batch_size", len(batch))
+        try:
+            response = lml.bulk_resolve_libraries([row.as_input() for row in batch], stats=totals)
+        except LmlError as exc:
+            if exc.kind == "auth":
+                raise LmlAuthError(
+                    f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY. "
+                    "The refresh stopped before sending more batches."
+                ) from exc
+            log.warning(
+                "bulk-resolve of %d rows failed (%s, status %s, retryable=%s): rows stay "
+                "selectable for the next run",
+                len(batch), exc.kind, exc.status, exc.retryable,
+            )
+            return None
+        for key, value in (response.cache_stats or {}).items():
+            span.set_data(f"lml.cache.{key}", value)
+        return response
+
+
+def refresh_shard(
+    conn: psycopg.Connection,
+    lml: LmlClient,
+    options: RefreshOptions,
+    *,
+    progress: Callable[[str], None] = log.info,
+) -> RefreshResult:
+    """Refresh every stale row of one shard. `conn` must be in autocommit mode: each batch is
+    its own transaction and nothing is held open across an LML call."""
+    if not conn.autocommit:
+        raise ValueError("refresh_shard needs an autocommit connection")
+    result = RefreshResult(diff=IdentityDiff() if options.dry_run else None)
+    totals = result.totals
+    after_id = 0
+    while True:
+        batch = select_stale_batch(
+            conn, options.selection, after_id=after_id, limit=options.batch_size
+        )
+        if not batch:
+            break
+        after_id = batch[-1].library_id
+        result.batches += 1
+        totals.scanned += len(batch)
+        response = _resolve(lml, batch, totals)
+        if response is None:
+            totals.skip("lml_error", len(batch))
+            continue
+        plan = plan_batch(batch, response)
+        if result.diff is not None:
+            main, sources = current_rows(conn, [w.library_id for w in plan.writes])
+            diff_writes(plan.writes, main, sources, result.diff)
+            plan.apply_to(totals, written=len(plan.writes), writer_errors=0)
+        else:
+            outcome = write_batch(conn, plan.writes, plan.unresolved_ids)
+            plan.apply_to(totals, written=outcome.written, writer_errors=outcome.writer_errors)
+        progress(
+            f"shard {options.selection.shard:02d} batch {result.batches}: {len(batch)} rows "
+            f"up to id {after_id}; {totals.scanned} scanned so far"
+        )
+    return result
