@@ -1,0 +1,153 @@
+"""The `library_identity` asset, job and schedule as Dagster runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+
+from wx_orchestration.defs.identity.assets import library_identity
+from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
+from wx_orchestration.defs.resources import LmlResource, PostgresResource
+from wx_orchestration_tests.integration.test_identity_refresh import seed_library
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def seeded(station_db: str) -> str:
+    with psycopg.connect(station_db, autocommit=True) as conn:
+        conn.execute("SET search_path TO wxyc_schema")
+        seed_library(conn, 10 * 16, start_id=16)
+    return station_db
+
+
+def run_shard(db_url: str, lml_url: str, shard: str, **config: object) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [library_identity],
+        partition_key=shard,
+        resources={
+            "lml": LmlResource(base_url=lml_url, api_key="sk-asset-secret", max_retries=0),
+            "postgres": PostgresResource(database_url=db_url),
+        },
+        run_config={"ops": {"library_identity": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
+    (event,) = result.get_asset_materialization_events()
+    mat = event.step_materialization_data.materialization
+    return {key: value.value for key, value in mat.metadata.items()}
+
+
+def test_materialization_reports_totals_outcomes_and_checks(seeded, lml_emulator) -> None:
+    result = run_shard(seeded, lml_emulator.url, "05", batch_size=4)
+    assert result.success
+    metadata = materialization_metadata(result)
+    totals = metadata["totals"]
+    assert isinstance(totals, dict)
+    assert totals["scanned"] == 10
+    assert totals["scanned"] == (
+        totals["rows_resolved"] + totals["rows_resolved_compilation"]
+        + totals["rows_unresolved"] + sum(totals["rows_skipped"].values())
+    )
+    assert totals["lml_total_calls"] == 3
+    assert metadata["dagster/row_count"] == 10
+    assert "| outcome" in str(metadata["outcomes"])
+    assert {"lml_latency_p50_ms", "lml_latency_p95_ms"} <= set(metadata)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["totals_balance"].passed
+    assert checks["lml_error_rate"].passed
+    assert "sk-asset-secret" not in json.dumps(metadata, default=str)
+
+
+def test_lml_error_rate_check_warns_when_batches_fail(seeded, lml_emulator) -> None:
+    lml_emulator.set_faults(error_rate=1.0)
+    result = run_shard(seeded, lml_emulator.url, "05", batch_size=4)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["lml_error_rate"].passed
+    assert checks["lml_error_rate"].severity == dg.AssetCheckSeverity.WARN
+    assert checks["totals_balance"].passed
+
+
+def test_dry_run_adds_the_diff_and_writes_nothing(seeded, lml_emulator) -> None:
+    result = run_shard(seeded, lml_emulator.url, "05", dry_run=True)
+    metadata = materialization_metadata(result)
+    assert metadata["dry_run"] is True
+    diff = metadata["diff"]
+    assert isinstance(diff, dict) and diff["main_insert"] == metadata["totals"]["rows_resolved"]  # type: ignore[index]
+    assert "library_id" in str(metadata["diff_changes"])
+    with psycopg.connect(seeded) as conn:
+        assert conn.execute("SELECT count(*) FROM wxyc_schema.library_identity").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch_size", 0), ("batch_size", 1001), ("stale_threshold_days", 0),
+     ("unresolved_retry_days", -1)],
+)
+def test_invalid_config_fails_before_any_lml_call(seeded, lml_emulator, field, value) -> None:
+    result = run_shard(seeded, lml_emulator.url, "05", **{field: value})
+    assert not result.success
+    assert field in str(result.get_step_failure_events()[0].step_failure_data.error)
+    assert lml_emulator.requests() == []
+
+
+def test_rejected_key_fails_the_run_with_a_clear_message(seeded) -> None:
+    from wx_orchestration.devstack.lml_emulator import start_in_thread
+
+    with start_in_thread(api_key="the-right-key") as locked:
+        result = run_shard(seeded, locked.url, "05")
+        assert not result.success
+        message = str(result.get_step_failure_events()[0].step_failure_data.error)
+        assert "LML_API_KEY" in message and "sk-asset-secret" not in message
+        assert len(locked.requests()) == 1
+
+
+def test_weekly_schedule_requests_every_shard_once_per_week() -> None:
+    context = dg.build_schedule_context(
+        scheduled_execution_time=__import__("datetime").datetime(2026, 11, 23, 5, 0)
+    )
+    requests = library_identity_refresh_schedule(context)
+    assert isinstance(requests, list)
+    assert [r.partition_key for r in requests] == [f"{i:02d}" for i in range(16)]
+    assert len({r.run_key for r in requests}) == 16
+    assert all("2026-W48" in (r.run_key or "") for r in requests)
+
+
+def test_definitions_validate_and_job_execute_one_shard(seeded, lml_emulator, tmp_path) -> None:
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "DATABASE_URL": seeded,
+        "LIBRARY_METADATA_URL": lml_emulator.url,
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    bin_dir = Path(sys.executable).parent
+    validate = subprocess.run(
+        [str(bin_dir / "dagster"), "definitions", "validate", "-m", "wx_orchestration.definitions"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert validate.returncode == 0, validate.stderr[-2000:]
+    config = tmp_path / "run.yaml"
+    config.write_text("ops:\n  library_identity:\n    config:\n      batch_size: 3\n")
+    execute = subprocess.run(
+        [str(bin_dir / "dagster"), "job", "execute", "-m", "wx_orchestration.definitions",
+         "-j", "library_identity_refresh_job", "-c", str(config), "--tags",
+         json.dumps({"dagster/partition": "07"})],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert execute.returncode == 0, execute.stderr[-3000:]
+    with psycopg.connect(seeded) as conn:
+        row = conn.execute(
+            "SELECT count(*), bool_and(library_id % 16 = 7) FROM wxyc_schema.library_identity"
+        ).fetchone()
+    assert row is not None and row[0] > 0 and row[1] is True
