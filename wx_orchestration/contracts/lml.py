@@ -12,6 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+BULK_RESOLVE_PATH = "/api/v1/identity/bulk-resolve-libraries"
+LOOKUP_BULK_PATH = "/api/v1/lookup/bulk"
+LOOKUP_PATH = "/api/v1/lookup"
+HEALTH_PATH = "/health"
+
 MAX_BULK_RESOLVE_INPUTS = 1000
 MAX_LOOKUP_BULK_ITEMS = 100
 
