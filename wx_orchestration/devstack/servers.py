@@ -33,6 +33,9 @@ log = logging.getLogger("wx_orchestration.devstack")
 UNPRIVILEGED_USER = "nobody"
 
 
+_FAST_UNSAFE = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+
+
 class EmbeddedServerError(RuntimeError):
     pass
 
@@ -145,6 +148,9 @@ class EmbeddedPostgres:
     port: int | None = None
     host: str = "127.0.0.1"
     pid_dir: Path | None = None
+    # Tests and the dev stack trade crash safety for speed; benchmarks keep production's
+    # durable commits so that per-commit costs are measured honestly.
+    durable: bool = False
     process: ManagedProcess | None = field(default=None, init=False)
 
     @property
@@ -179,9 +185,7 @@ class EmbeddedPostgres:
                 "-c", f"listen_addresses={self.host}",
                 "-c", f"unix_socket_directories={socket_dir}",
                 "-c", "max_connections=300",
-                "-c", "fsync=off",
-                "-c", "synchronous_commit=off",
-                "-c", "full_page_writes=off",
+                *([] if self.durable else _FAST_UNSAFE),
             ],
             log_path=self.state_dir / "logs" / "postgres.log",
             stop_signal="INT",  # fast shutdown: roll back open transactions, then exit

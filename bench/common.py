@@ -1,0 +1,68 @@
+"""Servers and databases for benchmarks: embedded by default, or DATABASE_URL / REDIS_URL."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from wx_orchestration.db.migrations import apply_migrations
+from wx_orchestration.devstack.servers import EmbeddedPostgres, EmbeddedValkey
+
+STATION_SCHEMA = "wxyc_schema"
+
+
+def _with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+@contextmanager
+def bench_database() -> Iterator[str]:
+    """A new database with the station mirror and our schema, dropped afterwards."""
+    with tempfile.TemporaryDirectory(prefix="wx-bench-") as tmp:
+        Path(tmp).chmod(0o755)
+        server = None
+        admin = os.environ.get("DATABASE_URL")
+        if not admin:
+            server = EmbeddedPostgres(Path(tmp), durable=True)
+            admin = server.start()
+        name = f"wxbench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        url = _with_database(admin, name)
+        apply_migrations(url, with_station_schema=True, station_schema=STATION_SCHEMA)
+        try:
+            yield url
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+            if server is not None:
+                server.stop()
+
+
+@contextmanager
+def bench_redis() -> Iterator[str]:
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    with tempfile.TemporaryDirectory(prefix="wx-bench-") as tmp:
+        server = EmbeddedValkey(Path(tmp))
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+
+
+def station_connection(url: str, *, autocommit: bool = True) -> psycopg.Connection:
+    conn = psycopg.connect(url, autocommit=autocommit)
+    conn.execute(f"SET search_path TO {STATION_SCHEMA}, wx_orchestration")
+    return conn
