@@ -52,8 +52,15 @@ def naive_write(conn: psycopg.Connection, writes: list[IdentityWrite]) -> None:
                        confidence = EXCLUDED.confidence, wikidata_qid = EXCLUDED.wikidata_qid,
                        spotify_id = EXCLUDED.spotify_id, apple_music_id = EXCLUDED.apple_music_id,
                        last_verified_at = EXCLUDED.last_verified_at, notes = EXCLUDED.notes""",
-                (w.library_id, w.method, w.confidence, w.wikidata_qid, w.spotify_id,
-                 w.apple_music_id, WRITER_NOTE),
+                (
+                    w.library_id,
+                    w.method,
+                    w.confidence,
+                    w.wikidata_qid,
+                    w.spotify_id,
+                    w.apple_music_id,
+                    WRITER_NOTE,
+                ),
             )
             for s in w.sources:
                 conn.execute(
@@ -78,7 +85,9 @@ def collect_plans(conn: psycopg.Connection, lml: LmlClient, limit: int) -> list[
             if not batch:
                 break
             after = batch[-1].library_id
-            writes += plan_batch(batch, lml.bulk_resolve_libraries([r.as_input() for r in batch])).writes
+            writes += plan_batch(
+                batch, lml.bulk_resolve_libraries([r.as_input() for r in batch])
+            ).writes
     return writes[:limit]
 
 
@@ -119,13 +128,19 @@ def main() -> None:
 
     sources = sum(len(w.sources) for w in writes)
     print(f"library rows: {args.rows}; resolved single_artist: {resolved}")
-    print(f"whole refresh: {whole:.2f} s wall, {lml_ms / 1000:.2f} s in LML calls, "
-          f"{refresh_excl_lml:.2f} s excluding LML (goal <= 5 s)")
+    print(
+        f"whole refresh: {whole:.2f} s wall, {lml_ms / 1000:.2f} s in LML calls, "
+        f"{refresh_excl_lml:.2f} s excluding LML (goal <= 5 s)"
+    )
     print(f"write path on {len(writes)} libraries ({sources} source rows):")
-    print(f"  set-based (json_to_recordset + upsert, 500 per transaction): {set_based:.3f} s = "
-          f"{len(writes) / set_based:,.0f} libraries/s")
-    print(f"  naive (statement per row, transaction per library): {naive:.3f} s = "
-          f"{len(writes) / naive:,.0f} libraries/s")
+    print(
+        f"  set-based (json_to_recordset + upsert, 500 per transaction): {set_based:.3f} s = "
+        f"{len(writes) / set_based:,.0f} libraries/s"
+    )
+    print(
+        f"  naive (statement per row, transaction per library): {naive:.3f} s = "
+        f"{len(writes) / naive:,.0f} libraries/s"
+    )
     print(f"  ratio: {naive / set_based:.1f}x (goal >= 15x)")
 
 

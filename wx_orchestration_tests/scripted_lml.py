@@ -33,10 +33,18 @@ def echo_single_artist(body: dict[str, Any]) -> tuple[int, Any]:
                 "confidence": 0.9,
                 "main": {"wikidata_qid": f"Q{item['library_id']}", "spotify_artist_id": "sp"},
                 "provenance": [
-                    {"source": "discogs", "method": "exact_match", "confidence": 0.9,
-                     "external_id": f"d{item['library_id']}"},
-                    {"source": "wikidata", "method": "exact_match", "confidence": 0.8,
-                     "external_id": f"Q{item['library_id']}"},
+                    {
+                        "source": "discogs",
+                        "method": "exact_match",
+                        "confidence": 0.9,
+                        "external_id": f"d{item['library_id']}",
+                    },
+                    {
+                        "source": "wikidata",
+                        "method": "exact_match",
+                        "confidence": 0.8,
+                        "external_id": f"Q{item['library_id']}",
+                    },
                 ],
             }
             for item in body["inputs"]

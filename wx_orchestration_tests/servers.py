@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,9 @@ def _create_database(admin_url: str, name: str, template: str | None = None) -> 
 
 def _drop_database(admin_url: str, name: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +51,7 @@ def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("servers")
     # PostgreSQL runs as `nobody` when we are root; let it reach its data directory.
     for parent in [path, *path.parents]:
-        if parent == Path("/tmp") or parent == Path("/"):
+        if parent in (Path(tempfile.gettempdir()), Path("/")):
             break
         parent.chmod(parent.stat().st_mode | 0o711)
     return path

@@ -287,7 +287,9 @@ def diff_writes(
         if existing is None:
             diff.record("insert", write.library_id, "main", MAIN_DIFF_FIELDS)
         else:
-            diff.record("update", write.library_id, "main", _changed(existing, proposed, MAIN_DIFF_FIELDS))
+            diff.record(
+                "update", write.library_id, "main", _changed(existing, proposed, MAIN_DIFF_FIELDS)
+            )
         for source in write.sources:
             target = f"source:{source.source}"
             proposed_source = {name: getattr(source, name) for name in SOURCE_DIFF_FIELDS}

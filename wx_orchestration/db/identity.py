@@ -1,8 +1,8 @@
 """SQL for the library identity refresh: select stale rows, write verdicts set-based.
 
 Each batch is written in one transaction, one statement per table (~20x the
-one-statement-per-row writer; bench/identity_refresh.py). If that transaction fails, the batch is redone
-one library id per transaction, so a bad id costs only itself. A library id's main row and
+one-statement-per-row writer; bench/identity_refresh.py). If that transaction fails, the batch
+is redone one library id per transaction, so a bad id costs only itself. A library id's main row and
 source rows are always in the same transaction: never half-written.
 """
 
@@ -28,7 +28,7 @@ FROM library AS l
 LEFT JOIN artists AS a ON a.id = l.artist_id
 LEFT JOIN library_identity AS li ON li.library_id = l.id
 WHERE l.id > %(after_id)s
-  AND l.id %% {shards} = %(shard)s
+  AND l.id %% %(shards)s = %(shard)s
   AND btrim(COALESCE(l.artist_name, a.artist_name, '')) <> ''
   AND (%(include_null_canonical)s OR l.canonical_entity_id IS NOT NULL)
   AND (li.library_id IS NULL
@@ -37,7 +37,7 @@ WHERE l.id > %(after_id)s
        OR l.unresolved_attempted_at < now() - make_interval(days => %(unresolved_retry_days)s))
 ORDER BY l.id
 LIMIT %(limit)s
-""".format(shards=SHARD_COUNT)
+"""
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,20 @@ def select_stale_batch(
             "stale_threshold_days": selection.stale_threshold_days,
             "unresolved_retry_days": selection.unresolved_retry_days,
             "limit": limit,
+            "shards": SHARD_COUNT,
         },
     ).fetchall()
     return [LibraryRow(*row) for row in rows]
 
 
-_MAIN_COLUMNS = ("library_id", "method", "confidence", "wikidata_qid", "spotify_id", "apple_music_id")
+_MAIN_COLUMNS = (
+    "library_id",
+    "method",
+    "confidence",
+    "wikidata_qid",
+    "spotify_id",
+    "apple_music_id",
+)
 _SOURCE_COLUMNS = ("library_id", "source", "external_id", "method", "confidence")
 
 # One JSON document per table per batch, expanded server-side by `json_to_recordset`: one
@@ -110,14 +118,24 @@ _STAMP_UNRESOLVED = "UPDATE library SET unresolved_attempted_at = now() WHERE id
 
 def _write_set(conn: psycopg.Connection, writes: Sequence[IdentityWrite]) -> None:
     main = [
-        {"library_id": w.library_id, "method": w.method, "confidence": w.confidence,
-         "wikidata_qid": w.wikidata_qid, "spotify_id": w.spotify_id,
-         "apple_music_id": w.apple_music_id}
+        {
+            "library_id": w.library_id,
+            "method": w.method,
+            "confidence": w.confidence,
+            "wikidata_qid": w.wikidata_qid,
+            "spotify_id": w.spotify_id,
+            "apple_music_id": w.apple_music_id,
+        }
         for w in writes
     ]
     sources = [
-        {"library_id": s.library_id, "source": s.source, "external_id": s.external_id,
-         "method": s.method, "confidence": s.confidence}
+        {
+            "library_id": s.library_id,
+            "source": s.source,
+            "external_id": s.external_id,
+            "method": s.method,
+            "confidence": s.confidence,
+        }
         for w in writes
         for s in w.sources
     ]
@@ -165,7 +183,9 @@ def _write_one_by_one(
             outcome.written += 1
         except psycopg.Error as exc:
             outcome.writer_errors += 1
-            log.error("library %s: identity not written: %s", write.library_id, exc.diag.message_primary)
+            log.error(
+                "library %s: identity not written: %s", write.library_id, exc.diag.message_primary
+            )
     for library_id in unresolved_ids:
         try:
             with conn.transaction():
@@ -175,27 +195,31 @@ def _write_one_by_one(
             # The verdict stands (unresolved); only the retry stamp is missing, so the row is
             # simply offered to LML again next run.
             outcome.unstamped += 1
-            log.error("library %s: unresolved stamp not written: %s", library_id, exc.diag.message_primary)
+            log.error(
+                "library %s: unresolved stamp not written: %s", library_id, exc.diag.message_primary
+            )
     return outcome
+
+
+_CURRENT_MAIN = """
+SELECT library_id, method, confidence, wikidata_qid, spotify_id, apple_music_id
+FROM library_identity WHERE library_id = ANY(%s)
+"""
+_CURRENT_SOURCES = """
+SELECT library_id, source, external_id, method, confidence
+FROM library_identity_source WHERE library_id = ANY(%s)
+"""
 
 
 def current_rows(
     conn: psycopg.Connection, library_ids: Sequence[int]
 ) -> tuple[dict[int, dict[str, Any]], dict[tuple[int, str], dict[str, Any]]]:
     """Existing main and source rows for `library_ids`, for the DRY_RUN diff."""
-    main = {
-        row[0]: dict(zip(_MAIN_COLUMNS, row, strict=True))
-        for row in conn.execute(
-            f"SELECT {', '.join(_MAIN_COLUMNS)} FROM library_identity WHERE library_id = ANY(%s)",
-            (list(library_ids),),
-        )
-    }
-    sources = {
-        (row[0], row[1]): dict(zip(_SOURCE_COLUMNS, row, strict=True))
-        for row in conn.execute(
-            f"SELECT {', '.join(_SOURCE_COLUMNS)} FROM library_identity_source "
-            "WHERE library_id = ANY(%s)",
-            (list(library_ids),),
-        )
-    }
+    ids = list(library_ids)
+    main: dict[int, dict[str, Any]] = {}
+    for row in conn.execute(_CURRENT_MAIN, (ids,)):
+        main[row[0]] = dict(zip(_MAIN_COLUMNS, row, strict=True))
+    sources: dict[tuple[int, str], dict[str, Any]] = {}
+    for row in conn.execute(_CURRENT_SOURCES, (ids,)):
+        sources[(row[0], row[1])] = dict(zip(_SOURCE_COLUMNS, row, strict=True))
     return main, sources

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-_pools: dict[tuple[str, int], ConnectionPool] = {}
+_pools: dict[tuple[str, int], ConnectionPool[Any]] = {}
 _lock = threading.Lock()
 
 
-def shared_pool(url: str, *, max_size: int = 8) -> ConnectionPool:
+def shared_pool(url: str, *, max_size: int = 8) -> ConnectionPool[Any]:
     """The process-wide pool for `url`, opened on first use.
 
     Dagster step processes and the sidecar each keep their own; a pool per call would pay a
@@ -20,7 +21,7 @@ def shared_pool(url: str, *, max_size: int = 8) -> ConnectionPool:
     with _lock:
         pool = _pools.get(key)
         if pool is None or pool.closed:
-            pool = ConnectionPool(
+            pool = ConnectionPool[Any](
                 url,
                 min_size=1,
                 max_size=max_size,

@@ -36,9 +36,7 @@ class LmlResource(dg.ConfigurableResource):
     """The Library Metadata Lookup service (`LIBRARY_METADATA_URL`, `LML_API_KEY`)."""
 
     base_url: str = Field(description="LML base URL, e.g. https://lml.example.org")
-    api_key: str = Field(
-        default="", description="Bearer key; empty sends no Authorization header"
-    )
+    api_key: str = Field(default="", description="Bearer key; empty sends no Authorization header")
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
     total_timeout_s: float = Field(

@@ -7,6 +7,7 @@ Names cover what trips real systems up: accents, quotes, non-Latin scripts, V/A 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -15,39 +16,153 @@ from psycopg import sql
 from wx_orchestration.settings import validate_schema_name
 
 ARTISTS = [
-    "Björk", "Sigur Rós", "Café Tacvba", "Os Mutantes", "Mdou Moctar", "Stereolab",
-    "Yo La Tengo", "Broadcast", "Khruangbin", "Tinariwen", "Can", "Neu!", "Cluster",
-    "Sun Ra", "Alice Coltrane", "Pharoah Sanders", "Angel Olsen", "Big Thief", "Waxahatchee",
-    "Superchunk", "Polvo", "Archers of Loaf", "Mountain Goats", "Sylvan Esso", "Hiss Golden Messenger",
-    "Chris Stamey", "The dB's", "Let's Active", "Flat Duo Jets", "Squirrel Nut Zippers",
-    "坂本龍一", "細野晴臣", "大貫妙子", "Фёдор Чистяков", "Кино", "فيروز", "Omar Souleyman",
-    "Ásgeir", "Mú", "Ali Farka Touré", "Toumani Diabaté", "Fela Kuti", "Tony Allen",
-    "Françoise Hardy", "Serge Gainsbourg", "Jane Birkin", "Caetano Veloso", "Gal Costa",
-    "Jorge Ben", "Tom Zé", "Los Ángeles Azules", "Bomba Estéreo", "Natalia Lafourcade",
-    'The "Heartbreakers"', "Guns N' Roses", "Sinéad O'Connor", "Bob Marley & The Wailers",
-    "Boards of Canada", "Aphex Twin", "Autechre", "Four Tet", "Floating Points", "Burial",
-    "Kraftwerk", "Harmonia", "Popol Vuh", "Tangerine Dream", "Cocteau Twins", "Slowdive",
-    "My Bloody Valentine", "Low", "Galaxie 500", "Beat Happening", "Sleater-Kinney",
-    "Bikini Kill", "Le Tigre", "Fugazi", "Minutemen", "Hüsker Dü", "Mötley Crüe",
-    "Blue Öyster Cult", "Motörhead", "Sonic Youth", "Pavement", "Silver Jews", "Smog",
+    "Björk",
+    "Sigur Rós",
+    "Café Tacvba",
+    "Os Mutantes",
+    "Mdou Moctar",
+    "Stereolab",
+    "Yo La Tengo",
+    "Broadcast",
+    "Khruangbin",
+    "Tinariwen",
+    "Can",
+    "Neu!",
+    "Cluster",
+    "Sun Ra",
+    "Alice Coltrane",
+    "Pharoah Sanders",
+    "Angel Olsen",
+    "Big Thief",
+    "Waxahatchee",
+    "Superchunk",
+    "Polvo",
+    "Archers of Loaf",
+    "Mountain Goats",
+    "Sylvan Esso",
+    "Hiss Golden Messenger",
+    "Chris Stamey",
+    "The dB's",
+    "Let's Active",
+    "Flat Duo Jets",
+    "Squirrel Nut Zippers",
+    "坂本龍一",
+    "細野晴臣",
+    "大貫妙子",
+    "Фёдор Чистяков",
+    "Кино",
+    "فيروز",
+    "Omar Souleyman",
+    "Ásgeir",
+    "Mú",
+    "Ali Farka Touré",
+    "Toumani Diabaté",
+    "Fela Kuti",
+    "Tony Allen",
+    "Françoise Hardy",
+    "Serge Gainsbourg",
+    "Jane Birkin",
+    "Caetano Veloso",
+    "Gal Costa",
+    "Jorge Ben",
+    "Tom Zé",
+    "Los Ángeles Azules",
+    "Bomba Estéreo",
+    "Natalia Lafourcade",
+    'The "Heartbreakers"',
+    "Guns N' Roses",
+    "Sinéad O'Connor",
+    "Bob Marley & The Wailers",
+    "Boards of Canada",
+    "Aphex Twin",
+    "Autechre",
+    "Four Tet",
+    "Floating Points",
+    "Burial",
+    "Kraftwerk",
+    "Harmonia",
+    "Popol Vuh",
+    "Tangerine Dream",
+    "Cocteau Twins",
+    "Slowdive",
+    "My Bloody Valentine",
+    "Low",
+    "Galaxie 500",
+    "Beat Happening",
+    "Sleater-Kinney",
+    "Bikini Kill",
+    "Le Tigre",
+    "Fugazi",
+    "Minutemen",
+    "Hüsker Dü",
+    "Mötley Crüe",
+    "Blue Öyster Cult",
+    "Motörhead",
+    "Sonic Youth",
+    "Pavement",
+    "Silver Jews",
+    "Smog",
 ]
 
 ALBUM_WORDS = [
-    "Night", "Garden", "Signal", "Afterglow", "River", "Static", "Sunrise", "Mirror",
-    "Orbit", "Harvest", "Échos", "Canción", "Träume", "Wire", "Paper", "Lanterns", "Atlas",
-    "Ghosts", "Waves", "Horizon", "Fields", "Rooms", "Velvet", "Electric", "Quiet",
+    "Night",
+    "Garden",
+    "Signal",
+    "Afterglow",
+    "River",
+    "Static",
+    "Sunrise",
+    "Mirror",
+    "Orbit",
+    "Harvest",
+    "Échos",
+    "Canción",
+    "Träume",
+    "Wire",
+    "Paper",
+    "Lanterns",
+    "Atlas",
+    "Ghosts",
+    "Waves",
+    "Horizon",
+    "Fields",
+    "Rooms",
+    "Velvet",
+    "Electric",
+    "Quiet",
 ]
 
 COMPILATIONS = [
-    "Nuggets: Original Artyfacts", "Brazil Classics 1: Beleza Tropical",
-    "Éthiopiques Vol. 4", "Love, Peace & Poetry: Japanese Psychedelic Music",
-    "Ghana Soundz", "Kitsuné Maison 5", "Pop Ambient 2010", "Cambodian Rocks",
-    "Saint Etienne Presents: Songs for the Dead", "Soul Jazz Records Presents: Punk 45",
+    "Nuggets: Original Artyfacts",
+    "Brazil Classics 1: Beleza Tropical",
+    "Éthiopiques Vol. 4",
+    "Love, Peace & Poetry: Japanese Psychedelic Music",
+    "Ghana Soundz",
+    "Kitsuné Maison 5",
+    "Pop Ambient 2010",
+    "Cambodian Rocks",
+    "Saint Etienne Presents: Songs for the Dead",
+    "Soul Jazz Records Presents: Punk 45",
 ]
 
 TRACK_WORDS = [
-    "Intro", "Blue", "Running", "Song for", "Dreaming", "Little", "Heart", "Moon",
-    "Dance", "Stranger", "Weather", "Alone", "Together", "Amanhã", "Été", "夜", "Светлая",
+    "Intro",
+    "Blue",
+    "Running",
+    "Song for",
+    "Dreaming",
+    "Little",
+    "Heart",
+    "Moon",
+    "Dance",
+    "Stranger",
+    "Weather",
+    "Alone",
+    "Together",
+    "Amanhã",
+    "Été",
+    "夜",
+    "Светлая",
 ]
 
 SHOWS = [
@@ -99,6 +214,34 @@ def _insert_library(cur: psycopg.Cursor, rng: random.Random) -> list[tuple[int, 
     return rows
 
 
+@dataclass
+class _ShowLog:
+    """Appends one show's entries in play order, advancing the clock as a DJ would."""
+
+    show_id: int
+    dj: str
+    at: datetime
+    rows: list[dict[str, object]]
+    play_order: int
+
+    def add(self, entry_type: str, minutes: float, **cols: object) -> None:
+        self.play_order += 1
+        self.at += timedelta(minutes=minutes)
+        self.rows.append(
+            {
+                "show_id": self.show_id,
+                "entry_type": entry_type,
+                "play_order": self.play_order,
+                "add_time": self.at,
+                "dj_name": self.dj,
+                "request_flag": False,
+                "segue": False,
+                "metadata_status": "pending",
+                **cols,
+            }
+        )
+
+
 def _flowsheet_rows(
     rng: random.Random, library: list[tuple[int, str, str]], show_ids: list[int], now: datetime
 ) -> list[dict[str, object]]:
@@ -106,44 +249,38 @@ def _flowsheet_rows(
     play_order = 0
     day_start = now - timedelta(hours=20)
     for show_index, show_id in enumerate(show_ids):
-        dj = SHOWS[show_index][1]
-        at = day_start + timedelta(hours=5 * show_index)
+        name, dj = SHOWS[show_index]
+        log = _ShowLog(show_id, dj, day_start + timedelta(hours=5 * show_index), rows, play_order)
         last_show = show_index == len(show_ids) - 1
-
-        def add(entry_type: str, minutes: float, **cols: object) -> None:
-            nonlocal play_order, at
-            play_order += 1
-            at = at + timedelta(minutes=minutes)
-            rows.append(
-                {"show_id": show_id, "entry_type": entry_type, "play_order": play_order,
-                 "add_time": at, "dj_name": dj, "request_flag": False, "segue": False,
-                 "metadata_status": "pending", **cols}
-            )
-
-        add("show_start", 0, message=f"Start of {SHOWS[show_index][0]}")
-        add("dj_join", 0.1, message=f"{dj} joined")
+        log.add("show_start", 0, message=f"Start of {name}")
+        log.add("dj_join", 0.1, message=f"{dj} joined")
         for play in range(24):
             if play % 8 == 7:
-                add("talkset", 2, message="Talkset")
-                add("breakpoint", 0.5, message="Station ID")
-            linked = rng.random() < 0.6
-            if linked:
+                log.add("talkset", 2, message="Talkset")
+                log.add("breakpoint", 0.5, message="Station ID")
+            if rng.random() < 0.6:
                 album_id, artist, album = rng.choice(library)
             else:
                 album_id, artist, album = None, rng.choice(ARTISTS), _album_title(rng)
             status = "pending" if last_show or rng.random() < 0.15 else "enriched_no_match"
-            add(
-                "track", rng.uniform(2.5, 6.0), album_id=album_id, artist_name=artist,
-                album_title=album, track_title=_track_title(rng),
+            log.add(
+                "track",
+                rng.uniform(2.5, 6.0),
+                album_id=album_id,
+                artist_name=artist,
+                album_title=album,
+                track_title=_track_title(rng),
                 record_label=rng.choice(["Merge", "Sub Pop", "Drag City", "Matador", None]),
-                request_flag=rng.random() < 0.1, segue=rng.random() < 0.2,
+                request_flag=rng.random() < 0.1,
+                segue=rng.random() < 0.2,
                 metadata_status=status,
             )
         # DJs log empty or whitespace artists; these must never be sent to LML.
-        add("track", 1, artist_name="   ", track_title="Unknown", metadata_status="pending")
-        add("message", 1, message="Thanks for listening — 89.3 FM")
-        add("dj_leave", 0.2, message=f"{dj} left")
-        add("show_end", 0.1, message=f"End of {SHOWS[show_index][0]}")
+        log.add("track", 1, artist_name="   ", track_title="Unknown", metadata_status="pending")
+        log.add("message", 1, message="Thanks for listening — 89.3 FM")
+        log.add("dj_leave", 0.2, message=f"{dj} left")
+        log.add("show_end", 0.1, message=f"End of {name}")
+        play_order = log.play_order
     return rows
 
 
@@ -152,7 +289,7 @@ def load_demo_data(
 ) -> dict[str, int]:
     """Insert the demo station; skipped (all counts 0) when the library already has rows."""
     schema = validate_schema_name(station_schema)
-    rng = random.Random(_SEED)
+    rng = random.Random(_SEED)  # noqa: S311 - reproducible demo data, not a secret
     now = datetime.now(UTC)
     with psycopg.connect(database_url) as conn, conn.cursor() as cur:
         cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
@@ -163,7 +300,8 @@ def load_demo_data(
         show_ids = []
         for index, (name, dj) in enumerate(SHOWS):
             row = cur.execute(
-                "INSERT INTO shows (show_name, dj_name, start_time) VALUES (%s, %s, %s) RETURNING id",
+                "INSERT INTO shows (show_name, dj_name, start_time) VALUES (%s, %s, %s) "
+                "RETURNING id",
                 (name, dj, now - timedelta(hours=20 - 5 * index)),
             ).fetchone()
             assert row is not None

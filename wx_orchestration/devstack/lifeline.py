@@ -12,6 +12,7 @@ Usage: python -m wx_orchestration.devstack.lifeline --stop-signal INT --grace 10
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import selectors
@@ -48,10 +49,8 @@ def _stop_group(pgid: int, stop_signal: int, grace: float, proc: subprocess.Pope
             break
         time.sleep(0.05)
     # The leader may be gone while helpers it forked linger: sweep the whole group.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         command,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=lambda: _child_setup(args.user),  # noqa: PLW0108
+        preexec_fn=lambda: _child_setup(args.user),
     )
     pgid = proc.pid
     selector = selectors.DefaultSelector()

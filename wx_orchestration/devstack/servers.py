@@ -100,9 +100,7 @@ def _reachable_postgres_install(user: str | None) -> Path:
                     path.chmod(path.stat().st_mode | 0o444)
         tmp.chmod(0o755)
         tmp.rename(target)
-    log.warning(
-        "%s cannot reach %s; running PostgreSQL from a copy in %s", user, install, target
-    )
+    log.warning("%s cannot reach %s; running PostgreSQL from a copy in %s", user, install, target)
     return target
 
 
@@ -180,11 +178,16 @@ class EmbeddedPostgres:
             "postgres",
             [
                 str(install / "bin" / "postgres"),
-                "-D", str(data_dir),
-                "-p", str(self.port),
-                "-c", f"listen_addresses={self.host}",
-                "-c", f"unix_socket_directories={socket_dir}",
-                "-c", "max_connections=300",
+                "-D",
+                str(data_dir),
+                "-p",
+                str(self.port),
+                "-c",
+                f"listen_addresses={self.host}",
+                "-c",
+                f"unix_socket_directories={socket_dir}",
+                "-c",
+                "max_connections=300",
                 *([] if self.durable else _FAST_UNSAFE),
             ],
             log_path=self.state_dir / "logs" / "postgres.log",
@@ -265,11 +268,16 @@ class EmbeddedValkey:
             "valkey",
             [
                 str(valkey_server_binary()),
-                "--port", str(self.port),
-                "--bind", self.host,
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(work_dir),
+                "--port",
+                str(self.port),
+                "--bind",
+                self.host,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(work_dir),
             ],
             log_path=self.state_dir / "logs" / "valkey.log",
             pid_dir=self.pid_dir,

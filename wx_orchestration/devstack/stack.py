@@ -187,13 +187,18 @@ class Stack:
             "dagster-webserver",
             [
                 str(bin_dir / "dagster-webserver"),
-                "-h", self.options.ui_host,
-                "-p", str(self.options.ui_port),
-                "-w", workspace,
+                "-h",
+                self.options.ui_host,
+                "-p",
+                str(self.options.ui_port),
+                "-w",
+                workspace,
             ],
             env,
         )
-        self._spawn("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env)
+        self._spawn(
+            "dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", workspace], env
+        )
         url = f"http://{self.options.ui_host}:{self.options.ui_port}"
         wait_until(
             lambda: _answers(f"{url}/server_info"), timeout=180, what="the Dagster webserver"

@@ -55,8 +55,10 @@ def test_materialization_reports_totals_outcomes_and_checks(seeded, lml_emulator
     assert isinstance(totals, dict)
     assert totals["scanned"] == 10
     assert totals["scanned"] == (
-        totals["rows_resolved"] + totals["rows_resolved_compilation"]
-        + totals["rows_unresolved"] + sum(totals["rows_skipped"].values())
+        totals["rows_resolved"]
+        + totals["rows_resolved_compilation"]
+        + totals["rows_unresolved"]
+        + sum(totals["rows_skipped"].values())
     )
     assert totals["lml_total_calls"] == 3
     assert metadata["dagster/row_count"] == 10
@@ -81,8 +83,10 @@ def test_dry_run_adds_the_diff_and_writes_nothing(seeded, lml_emulator) -> None:
     result = run_shard(seeded, lml_emulator.url, "05", dry_run=True)
     metadata = materialization_metadata(result)
     assert metadata["dry_run"] is True
-    diff = metadata["diff"]
-    assert isinstance(diff, dict) and diff["main_insert"] == metadata["totals"]["rows_resolved"]  # type: ignore[index]
+    diff, totals = metadata["diff"], metadata["totals"]
+    assert isinstance(diff, dict)
+    assert isinstance(totals, dict)
+    assert diff["main_insert"] == totals["rows_resolved"]
     assert "library_id" in str(metadata["diff_changes"])
     with psycopg.connect(seeded) as conn:
         assert conn.execute("SELECT count(*) FROM wxyc_schema.library_identity").fetchone() == (0,)
@@ -90,8 +94,12 @@ def test_dry_run_adds_the_diff_and_writes_nothing(seeded, lml_emulator) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("batch_size", 0), ("batch_size", 1001), ("stale_threshold_days", 0),
-     ("unresolved_retry_days", -1)],
+    [
+        ("batch_size", 0),
+        ("batch_size", 1001),
+        ("stale_threshold_days", 0),
+        ("unresolved_retry_days", -1),
+    ],
 )
 def test_invalid_config_fails_before_any_lml_call(seeded, lml_emulator, field, value) -> None:
     result = run_shard(seeded, lml_emulator.url, "05", **{field: value})
@@ -107,7 +115,8 @@ def test_rejected_key_fails_the_run_with_a_clear_message(seeded) -> None:
         result = run_shard(seeded, locked.url, "05")
         assert not result.success
         message = str(result.get_step_failure_events()[0].step_failure_data.error)
-        assert "LML_API_KEY" in message and "sk-asset-secret" not in message
+        assert "LML_API_KEY" in message
+        assert "sk-asset-secret" not in message
         assert len(locked.requests()) == 1
 
 
@@ -134,20 +143,42 @@ def test_definitions_validate_and_job_execute_one_shard(seeded, lml_emulator, tm
     bin_dir = Path(sys.executable).parent
     validate = subprocess.run(
         [str(bin_dir / "dagster"), "definitions", "validate", "-m", "wx_orchestration.definitions"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert validate.returncode == 0, validate.stderr[-2000:]
     config = tmp_path / "run.yaml"
     config.write_text("ops:\n  library_identity:\n    config:\n      batch_size: 3\n")
     execute = subprocess.run(
-        [str(bin_dir / "dagster"), "job", "execute", "-m", "wx_orchestration.definitions",
-         "-j", "library_identity_refresh_job", "-c", str(config), "--tags",
-         json.dumps({"dagster/partition": "07"})],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False,
+        [
+            str(bin_dir / "dagster"),
+            "job",
+            "execute",
+            "-m",
+            "wx_orchestration.definitions",
+            "-j",
+            "library_identity_refresh_job",
+            "-c",
+            str(config),
+            "--tags",
+            json.dumps({"dagster/partition": "07"}),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert execute.returncode == 0, execute.stderr[-3000:]
     with psycopg.connect(seeded) as conn:
         row = conn.execute(
             "SELECT count(*), bool_and(library_id % 16 = 7) FROM wxyc_schema.library_identity"
         ).fetchone()
-    assert row is not None and row[0] > 0 and row[1] is True
+    assert row is not None
+    assert row[0] > 0
+    assert row[1] is True

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.db.identity import Selection
 from wx_orchestration.defs.identity.refresh import LmlAuthError, RefreshOptions, refresh_shard
 from wx_orchestration_tests.scripted_lml import ScriptedLml, echo_single_artist
 
-SCHEMA = "wxyc_schema"
-
 
 @pytest.fixture
 def conn(station_db: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(station_db, autocommit=True) as connection:
-        connection.execute(f"SET search_path TO {SCHEMA}, wx_orchestration")
+        connection.execute("SET search_path TO wxyc_schema, wx_orchestration")
         yield connection
 
 
@@ -37,9 +36,11 @@ def seed_library(
             "canonical_entity_id": f"wxyc:{library_id}",
             **overrides,
         }
-        columns = ", ".join(values)
-        marks = ", ".join(["%s"] * len(values))
-        conn.execute(f"INSERT INTO library ({columns}) VALUES ({marks})", list(values.values()))
+        statement = sql.SQL("INSERT INTO library ({}) VALUES ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, values)),
+            sql.SQL(", ").join(sql.Placeholder() * len(values)),
+        )
+        conn.execute(statement, list(values.values()))
     return ids
 
 
@@ -64,7 +65,7 @@ def fake(scripted_lml: tuple[ScriptedLml, str]) -> Iterator[tuple[ScriptedLml, L
     client.close()
 
 
-def count(conn: psycopg.Connection, query: str) -> int:
+def count(conn: psycopg.Connection, query: LiteralString) -> int:
     row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0])
@@ -75,7 +76,8 @@ def test_single_artist_writes_main_and_source_rows(conn, fake) -> None:
     seed_library(conn, 3, start_id=16)  # ids 16, 17, 18: only 16 is in shard 0
     result = refresh_shard(conn, client, options(0))
     totals = result.totals.as_dict()
-    assert totals["scanned"] == 1 and totals["rows_resolved"] == 1
+    assert totals["scanned"] == 1
+    assert totals["rows_resolved"] == 1
     assert [i["library_id"] for i in server.bodies[0]["inputs"]] == [16]
     assert server.bodies[0]["include_tracks"] is False
     assert server.auth_headers[0] == "Bearer sk-identity-test"
@@ -84,8 +86,11 @@ def test_single_artist_writes_main_and_source_rows(conn, fake) -> None:
         "interval '1 minute' FROM library_identity WHERE library_id = 16"
     ).fetchone()
     assert main is not None
-    assert main[0] == "exact_match" and main[2] == "Q16" and main[3] == "sp"
-    assert "wx_orchestration" in main[4] and main[5] is True
+    assert main[0] == "exact_match"
+    assert main[2] == "Q16"
+    assert main[3] == "sp"
+    assert "wx_orchestration" in main[4]
+    assert main[5] is True
     assert count(conn, "SELECT count(*) FROM library_identity_source WHERE library_id = 16") == 2
 
 
@@ -99,8 +104,12 @@ def test_request_body_uses_artists_fallback_and_skips_blank_artists(conn, fake) 
     refresh_shard(conn, client, options(0))
     (body,) = server.bodies
     assert body["inputs"] == [
-        {"library_id": 16, "artist_name": "Björk", "album_title": "Album 16",
-         "legacy_release_id": 50_016}
+        {
+            "library_id": 16,
+            "artist_name": "Björk",
+            "album_title": "Album 16",
+            "legacy_release_id": 50_016,
+        }
     ]
     server.bodies.clear()
     refresh_shard(conn, client, options(0, include_null_canonical=True))
@@ -126,18 +135,28 @@ def test_keyset_paging_covers_the_shard_in_batches(conn, fake) -> None:
     server, client = fake
     seed_library(conn, 5 * 16, start_id=16)  # 5 rows per shard
     result = refresh_shard(conn, client, options(3, batch_size=2))
-    assert result.batches == 3 and result.totals.scanned == 5
+    assert result.batches == 3
+    assert result.totals.scanned == 5
     sent = [i["library_id"] for body in server.bodies for i in body["inputs"]]
-    assert sent == sorted(sent) and all(i % 16 == 3 for i in sent)
+    assert sent == sorted(sent)
+    assert all(i % 16 == 3 for i in sent)
 
 
 def test_unresolved_is_stamped_and_not_retried_before_the_retry_window(conn, fake) -> None:
     server, client = fake
     seed_library(conn, 1, start_id=16)
-    server.answer = lambda body: (200, {"results": [
-        {"kind": "unresolved", "library_id": i["library_id"]} for i in body["inputs"]]})
+    server.answer = lambda body: (
+        200,
+        {
+            "results": [
+                {"kind": "unresolved", "library_id": i["library_id"]} for i in body["inputs"]
+            ]
+        },
+    )
     assert refresh_shard(conn, client, options(0)).totals.rows_unresolved == 1
-    assert count(conn, "SELECT count(*) FROM library WHERE unresolved_attempted_at IS NOT NULL") == 1
+    assert (
+        count(conn, "SELECT count(*) FROM library WHERE unresolved_attempted_at IS NOT NULL") == 1
+    )
     assert refresh_shard(conn, client, options(0)).totals.scanned == 0
     assert refresh_shard(conn, client, options(0, unresolved_retry_days=0)).totals.scanned == 1
 
@@ -157,7 +176,8 @@ def test_failed_batch_counts_lml_error_and_rows_stay_selectable(conn, fake, stat
     seed_library(conn, 1, start_id=32)
     server.answer = lambda _body: (status, body)
     totals = refresh_shard(conn, client, options(0)).totals
-    assert totals.rows_skipped["lml_error"] == 2 and totals.balanced()
+    assert totals.rows_skipped["lml_error"] == 2
+    assert totals.balanced()
     assert count(conn, "SELECT count(*) FROM library_identity") == 0
     server.answer = echo_single_artist
     assert refresh_shard(conn, client, options(0)).totals.rows_resolved == 2
@@ -186,7 +206,8 @@ def test_one_bad_library_id_costs_only_itself(conn, fake) -> None:
 
     server.answer = poisoned
     totals = refresh_shard(conn, client, options(0)).totals
-    assert totals.rows_resolved == 2 and totals.rows_skipped["writer_error"] == 1
+    assert totals.rows_resolved == 2
+    assert totals.rows_skipped["writer_error"] == 1
     assert totals.balanced()
     written = conn.execute("SELECT library_id FROM library_identity ORDER BY 1").fetchall()
     assert written == [(16,), (48,)]
@@ -231,7 +252,8 @@ def test_dry_run_writes_nothing_and_reports_the_diff(conn, fake) -> None:
     assert result.diff.counts["main_insert"] == 1  # 48
     assert result.diff.counts["main_update"] == 1  # 16: method changes back
     assert result.diff.counts["source_unchanged"] == 2
-    assert result.totals.rows_unresolved == 1 and result.totals.balanced()
+    assert result.totals.rows_unresolved == 1
+    assert result.totals.balanced()
     changed = {(c.library_id, c.target, c.action, c.fields) for c in result.diff.changes}
     assert (16, "main", "update", ("method",)) in changed
 

@@ -166,10 +166,20 @@ def test_scanned_always_equals_the_sum_of_the_buckets(
 def test_diff_reports_insert_update_and_unchanged() -> None:
     plan = plan_batch(rows(1, 2, 3), response([single(1), single(2), single(3)]))
     current_main = {
-        2: {"method": "exact_match", "confidence": 0.9, "wikidata_qid": "Q1",
-            "spotify_id": "sp1", "apple_music_id": "am1"},
-        3: {"method": "trigram", "confidence": 0.9, "wikidata_qid": "Q1",
-            "spotify_id": "sp1", "apple_music_id": "am1"},
+        2: {
+            "method": "exact_match",
+            "confidence": 0.9,
+            "wikidata_qid": "Q1",
+            "spotify_id": "sp1",
+            "apple_music_id": "am1",
+        },
+        3: {
+            "method": "trigram",
+            "confidence": 0.9,
+            "wikidata_qid": "Q1",
+            "spotify_id": "sp1",
+            "apple_music_id": "am1",
+        },
     }
     current_sources = {
         (2, "discogs"): {"external_id": "7", "method": "exact_match", "confidence": 0.9},
@@ -177,8 +187,12 @@ def test_diff_reports_insert_update_and_unchanged() -> None:
     diff = IdentityDiff()
     diff_writes(plan.writes, current_main, current_sources, diff)
     assert diff.counts == {
-        "main_insert": 1, "main_update": 1, "main_unchanged": 1,
-        "source_insert": 2, "source_update": 0, "source_unchanged": 1,
+        "main_insert": 1,
+        "main_update": 1,
+        "main_unchanged": 1,
+        "source_insert": 2,
+        "source_update": 0,
+        "source_unchanged": 1,
     }
     update = next(c for c in diff.changes if c.action == "update")
     assert (update.library_id, update.fields) == (3, ("method",))
@@ -187,11 +201,20 @@ def test_diff_reports_insert_update_and_unchanged() -> None:
 def test_totals_use_the_documented_names() -> None:
     names = IdentityTotals().as_dict()
     assert set(names) >= {
-        "scanned", "rows_resolved", "rows_resolved_compilation", "rows_unresolved",
-        "rows_skipped", "source_rows_skipped_null_confidence",
-        "source_rows_skipped_null_external_id", "lml_total_calls", "lml_total_latency_ms",
+        "scanned",
+        "rows_resolved",
+        "rows_resolved_compilation",
+        "rows_unresolved",
+        "rows_skipped",
+        "source_rows_skipped_null_confidence",
+        "source_rows_skipped_null_external_id",
+        "lml_total_calls",
+        "lml_total_latency_ms",
     }
     assert set(names["rows_skipped"]) == {
-        "compilation", "lml_error", "writer_error", "lml_cardinality_mismatch",
+        "compilation",
+        "lml_error",
+        "writer_error",
+        "lml_cardinality_mismatch",
         "lml_untrusted_library_id",
     }

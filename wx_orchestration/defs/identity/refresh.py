@@ -14,6 +14,7 @@ import psycopg
 import sentry_sdk
 
 from wx_orchestration.clients.lml import LmlClient, LmlError
+from wx_orchestration.contracts.lml import BulkResolveResponse
 from wx_orchestration.core.identity import (
     IdentityDiff,
     IdentityTotals,
@@ -21,7 +22,6 @@ from wx_orchestration.core.identity import (
     diff_writes,
     plan_batch,
 )
-from wx_orchestration.contracts.lml import BulkResolveResponse
 from wx_orchestration.db.identity import (
     Selection,
     current_rows,
@@ -67,7 +67,10 @@ def _resolve(
             log.warning(
                 "bulk-resolve of %d rows failed (%s, status %s, retryable=%s): rows stay "
                 "selectable for the next run",
-                len(batch), exc.kind, exc.status, exc.retryable,
+                len(batch),
+                exc.kind,
+                exc.status,
+                exc.retryable,
             )
             return None
         for key, value in (response.cache_stats or {}).items():

@@ -1,0 +1,152 @@
+"""SQL of the CDC path: the flowsheet event log, dead letters, the bridge's watermark and scans.
+
+Station tables live in a configurable schema (`WXYC_SCHEMA_NAME`), so their names are composed
+with `sql.Identifier`; our tables are always in `wx_orchestration`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from wx_orchestration.core.events import FlowsheetEvent
+
+_INSERT_EVENTS = """
+    INSERT INTO wx_orchestration.flowsheet_events
+        (event_key, flowsheet_id, action, metadata_status, updated_at, cdc_timestamp,
+         bridged_at, catchup)
+    SELECT * FROM unnest(
+        %s::text[], %s::int[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],
+        %s::timestamptz[], %s::bool[])
+    ON CONFLICT (event_key) DO NOTHING
+    RETURNING event_key
+"""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    source: str  # where it came from: a stream/group, or a notification channel
+    entry_id: str | None
+    payload: str
+    reason: str
+
+
+@dataclass(frozen=True, order=True)
+class Watermark:
+    """The newest (`updated_at`, `flowsheet_id`) the bridge has written to the stream."""
+
+    updated_at: datetime
+    flowsheet_id: int
+
+
+def _from_ms(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def insert_flowsheet_events(conn: psycopg.Connection, events: Sequence[FlowsheetEvent]) -> int:
+    """Write events in one statement; return how many were new (the rest were duplicates)."""
+    if not events:
+        return 0
+    rows = conn.execute(
+        _INSERT_EVENTS,
+        (
+            [e.key for e in events],
+            [e.flowsheet_id for e in events],
+            [e.action for e in events],
+            [e.metadata_status for e in events],
+            [e.updated_at for e in events],
+            [_from_ms(e.cdc_ts_ms) for e in events],
+            [_from_ms(e.bridged_at_ms) for e in events],
+            [e.catchup for e in events],
+        ),
+    ).fetchall()
+    return len(rows)
+
+
+def insert_dead_letters(conn: psycopg.Connection, letters: Sequence[DeadLetter]) -> None:
+    if not letters:
+        return
+    conn.execute(
+        """
+        INSERT INTO wx_orchestration.dead_letters (source, entry_id, payload, reason)
+        SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])
+        """,
+        (
+            [d.source for d in letters],
+            [d.entry_id for d in letters],
+            # NUL cannot be stored in text; the payload is kept for a person, not for replay.
+            [d.payload.replace("\x00", "\\u0000") for d in letters],
+            [d.reason for d in letters],
+        ),
+    )
+
+
+def count_dead_letters(conn: psycopg.Connection) -> tuple[int, datetime | None]:
+    """All dead letters ever written, and when the newest was."""
+    row = conn.execute(
+        "SELECT count(*), max(created_at) FROM wx_orchestration.dead_letters"
+    ).fetchone()
+    return (int(row[0]), row[1]) if row else (0, None)
+
+
+def load_watermark(conn: psycopg.Connection, name: str) -> Watermark | None:
+    row = conn.execute(
+        "SELECT updated_at, flowsheet_id FROM wx_orchestration.cdc_watermark WHERE name = %s",
+        (name,),
+    ).fetchone()
+    if row is None or row[0] is None or row[1] is None:
+        return None
+    return Watermark(row[0], row[1])
+
+
+def save_watermark(conn: psycopg.Connection, name: str, mark: Watermark) -> None:
+    """Move the watermark forward to `mark`; never back (two bridges may overlap briefly)."""
+    conn.execute(
+        """
+        INSERT INTO wx_orchestration.cdc_watermark AS w (name, updated_at, flowsheet_id)
+        VALUES (%s, %s, %s)
+        ON CONFLICT (name) DO UPDATE
+            SET updated_at = EXCLUDED.updated_at,
+                flowsheet_id = EXCLUDED.flowsheet_id,
+                saved_at = now()
+            WHERE w.updated_at IS NULL
+               OR (w.updated_at, w.flowsheet_id) < (EXCLUDED.updated_at, EXCLUDED.flowsheet_id)
+        """,
+        (name, mark.updated_at, mark.flowsheet_id),
+    )
+
+
+def scan_changed_rows(
+    conn: psycopg.Connection, schema: str, after: Watermark, limit: int
+) -> list[tuple[Watermark, dict[str, Any]]]:
+    """Flowsheet rows past `after` in (`updated_at`, `id`) order, as `to_jsonb` renders them.
+
+    The row-value comparison and ORDER BY match the `(updated_at, id)` index, so each page is
+    an index range scan however large the table is.
+    """
+    query = sql.SQL(
+        """
+        SELECT f.updated_at, f.id, to_jsonb(f)
+        FROM {}.flowsheet AS f
+        WHERE (f.updated_at, f.id) > (%s, %s)
+        ORDER BY f.updated_at, f.id
+        LIMIT %s
+        """
+    ).format(sql.Identifier(schema))
+    rows = conn.execute(query, (after.updated_at, after.flowsheet_id, limit)).fetchall()
+    return [(Watermark(updated_at, row_id), image) for updated_at, row_id, image in rows]
+
+
+def read_flowsheet_rows(
+    conn: psycopg.Connection, schema: str, row_ids: Sequence[int]
+) -> dict[int, dict[str, Any]]:
+    """Rows by primary key as `to_jsonb` renders them; ids no longer there are absent."""
+    query = sql.SQL("SELECT f.id, to_jsonb(f) FROM {}.flowsheet AS f WHERE f.id = ANY(%s)").format(
+        sql.Identifier(schema)
+    )
+    return dict(conn.execute(query, (list(row_ids),)).fetchall())
