@@ -1,0 +1,140 @@
+"""`wx up` as a user runs it: a real supervisor process, real children, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from wx_orchestration.devstack.processes import free_port, wait_until
+
+pytestmark = pytest.mark.system
+
+START_TIMEOUT = 240
+LOCATION_QUERY = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    name loadStatus
+    locationOrLoadError { __typename
+      ... on PythonError { message }
+      ... on RepositoryLocation { repositories { jobs { name } } } } } } } }
+"""
+
+
+def processes_of(state_dir: Path) -> list[int]:
+    """Every process carrying this stack's WX_STATE_DIR (children inherit the environment)."""
+    marker = f"WX_STATE_DIR={state_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+class Stack:
+    def __init__(self, state_dir: Path, ui_port: int) -> None:
+        self.state_dir = state_dir
+        self.ui_port = ui_port
+        self.env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in {"DATABASE_URL", "REDIS_URL", "LIBRARY_METADATA_URL", "DAGSTER_HOME"}
+        }
+        self.env.update(WX_STATE_DIR=str(state_dir), WX_SIDECAR_PORT=str(free_port()))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state_dir / "supervisor.out"
+
+    def up(self) -> None:
+        wx = Path(sys.executable).parent / "wx"
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(wx), "up", "--ui-port", str(self.ui_port)],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        proc = self.proc
+        wait_until(
+            lambda: b"is up" in self.log.read_bytes()[offset:] or proc.poll() is not None,
+            timeout=START_TIMEOUT,
+            what="wx up",
+        )
+        assert proc.poll() is None, self.log.read_text()
+
+    def graphql(self) -> dict:
+        response = httpx.post(
+            f"http://127.0.0.1:{self.ui_port}/graphql", json={"query": LOCATION_QUERY}, timeout=30
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(120)
+
+    def wait_all_gone(self) -> None:
+        wait_until(
+            lambda: not processes_of(self.state_dir),
+            timeout=60,
+            what=f"every process of the stack to exit (left: {processes_of(self.state_dir)})",
+        )
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    tmp_path.chmod(0o755)
+    stack = Stack(tmp_path / "state", free_port())
+    stack.state_dir.mkdir()
+    yield stack
+    for pid in processes_of(stack.state_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_up_serves_the_location_and_survives_kill_9_and_ctrl_c(stack: Stack) -> None:
+    stack.up()
+    (entry,) = stack.graphql()["data"]["workspaceOrError"]["locationEntries"]
+    assert entry["name"] == "wx_orchestration"
+    assert entry["loadStatus"] == "LOADED"
+    location = entry["locationOrLoadError"]
+    assert location["__typename"] == "RepositoryLocation", location
+    jobs = {job["name"] for repo in location["repositories"] for job in repo["jobs"]}
+    assert "library_identity_refresh_job" in jobs
+    status = subprocess.run(
+        [str(Path(sys.executable).parent / "wx"), "status"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert status.returncode == 0
+    assert "dagster-webserver" in status.stdout
+
+    # A supervisor killed outright takes its children with it...
+    stack.signal(signal.SIGKILL)
+    stack.wait_all_gone()
+    # ...and the next start recovers from the stale pid files.
+    stack.up()
+    assert stack.graphql()["data"]["workspaceOrError"]["locationEntries"][0]["loadStatus"] == (
+        "LOADED"
+    )
+    # Ctrl-C stops everything.
+    stack.signal(signal.SIGINT)
+    assert stack.proc is not None
+    assert stack.proc.returncode == 0, stack.log.read_text()[-3000:]
+    stack.wait_all_gone()
