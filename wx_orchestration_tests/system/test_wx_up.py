@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -100,10 +101,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     stack.state_dir.mkdir()
     yield stack
     for pid in processes_of(stack.state_dir):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_up_serves_the_location_and_survives_kill_9_and_ctrl_c(stack: Stack) -> None:
