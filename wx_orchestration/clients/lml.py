@@ -91,6 +91,27 @@ class LmlCallRecorder(Protocol):
     def record(self, latency_ms: float) -> None: ...
 
 
+class LmlApi(Protocol):
+    """What callers need of LML: an `LmlClient`, or one drawing on the shared budget."""
+
+    def bulk_resolve_libraries(
+        self,
+        inputs: Sequence[BulkResolveInput | Mapping[str, Any]],
+        include_tracks: bool = False,
+        *,
+        stats: LmlCallRecorder | None = None,
+    ) -> BulkResolveResponse: ...
+
+    def lookup_bulk(
+        self,
+        items: Sequence[LookupItem | Mapping[str, Any]],
+        *,
+        stats: LmlCallRecorder | None = None,
+    ) -> BulkLookupResponse: ...
+
+    def health(self) -> HealthResponse: ...
+
+
 @dataclass
 class LmlCallStats:
     """Thread-safe totals of HTTP attempts, e.g. for `lml_total_calls`/`lml_total_latency_ms`."""

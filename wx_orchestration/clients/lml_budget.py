@@ -17,14 +17,14 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from wx_orchestration.clients.lml import LmlCallRecorder, LmlClient, LmlError
+from wx_orchestration.clients.lml import LmlApi, LmlCallRecorder, LmlClient, LmlError
 from wx_orchestration.contracts.lml import (
     BulkLookupResponse,
     BulkResolveInput,
@@ -395,3 +395,28 @@ class BudgetedLml:
     def health(self) -> HealthResponse:
         # Health checks are how callers decide whether to spend budget; they cost none.
         return self.client.health()
+
+
+def wait_until_lml_ready(
+    lml: LmlApi,
+    *,
+    max_wait_s: float,
+    poll_s: float = 5.0,
+    progress: Callable[[str], None] = log.info,
+) -> str | None:
+    """Before a batch run spends budget: wait (bounded) while LML reports its Discogs breaker
+    open. Returns None when ready, else why the run should stop now."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        try:
+            state = lml.health().discogs_breaker_state
+        except LmlError as exc:
+            reason = f"LML /health failed ({exc.kind}, status {exc.status})"
+        else:
+            if state != "open":
+                return None
+            reason = "LML reports its Discogs breaker open"
+        if time.monotonic() + poll_s > deadline:
+            return reason
+        progress(f"{reason}; batch work waits (up to {max_wait_s:.0f}s in all)")
+        time.sleep(poll_s)

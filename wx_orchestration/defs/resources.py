@@ -19,6 +19,7 @@ from psycopg import sql
 from pydantic import Field, PrivateAttr
 
 from wx_orchestration.clients.lml import LmlCallRecorder, LmlClient
+from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
 from wx_orchestration.clients.redis_client import shared_redis
 from wx_orchestration.contracts.lml import (
     BulkLookupResponse,
@@ -28,8 +29,14 @@ from wx_orchestration.contracts.lml import (
     LookupItem,
     LookupResponse,
 )
+from wx_orchestration.core.budget import BudgetLimits
 from wx_orchestration.db.pool import shared_pool
-from wx_orchestration.settings import DEFAULT_STATION_SCHEMA, redact_url, validate_schema_name
+from wx_orchestration.settings import (
+    DEFAULT_STATION_SCHEMA,
+    Settings,
+    redact_url,
+    validate_schema_name,
+)
 
 
 class LmlResource(dg.ConfigurableResource):
@@ -42,7 +49,8 @@ class LmlResource(dg.ConfigurableResource):
     total_timeout_s: float = Field(
         default=60.0, gt=0, description="per call, retries of retryable errors included"
     )
-    max_retries: int = Field(default=2, ge=0)
+    # Retries are left to callers by default, so that each attempt queues for the shared budget.
+    max_retries: int = Field(default=0, ge=0)
 
     _client: LmlClient | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -147,6 +155,29 @@ class RedisResource(dg.ConfigurableResource):
         return shared_redis(self.url)
 
 
+class LmlBudgetResource(dg.ConfigurableResource):
+    """The LML budget shared by every process (`LML_RATE_PER_SECOND`, `LML_MAX_CONCURRENT`,
+    `LML_LIVE_RESERVE`), kept in Redis."""
+
+    redis: RedisResource
+    rate_per_second: float = Field(default=1.0, gt=0)
+    max_concurrent: int = Field(default=5, ge=1)
+    live_reserve: float = Field(default=0.5, ge=0, lt=1)
+
+    _budget: LmlBudget | None = PrivateAttr(default=None)
+
+    def get_budget(self) -> LmlBudget:
+        if self._budget is None:
+            self._budget = LmlBudget(
+                self.redis.get_client(),
+                BudgetLimits(self.rate_per_second, self.max_concurrent, self.live_reserve),
+            )
+        return self._budget
+
+    def budgeted(self, lml: LmlResource, lane: str) -> BudgetedLml:
+        return BudgetedLml(lml.get_client(), self.get_budget(), lane)
+
+
 def _optional_env(name: str, default: str) -> str:
     # EnvVar refuses unset variables at launch; these two have documented defaults.
     return dg.EnvVar(name) if os.environ.get(name) else default  # type: ignore[return-value]
@@ -154,6 +185,8 @@ def _optional_env(name: str, default: str) -> str:
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
     """Resource instances wired to the environment with `EnvVar` (resolved at launch)."""
+    settings = Settings.from_env()
+    redis_resource = RedisResource(url=dg.EnvVar("REDIS_URL"))
     return {
         "lml": LmlResource(
             base_url=dg.EnvVar("LIBRARY_METADATA_URL"),
@@ -163,5 +196,12 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             database_url=dg.EnvVar("DATABASE_URL"),
             station_schema=_optional_env("WXYC_SCHEMA_NAME", DEFAULT_STATION_SCHEMA),
         ),
-        "redis": RedisResource(url=dg.EnvVar("REDIS_URL")),
+        "redis": redis_resource,
+        # Numbers, not secrets: read once at load so that defaults apply when unset.
+        "lml_budget": LmlBudgetResource(
+            redis=redis_resource,
+            rate_per_second=settings.lml_rate_per_second,
+            max_concurrent=settings.lml_max_concurrent,
+            live_reserve=settings.lml_live_reserve,
+        ),
     }

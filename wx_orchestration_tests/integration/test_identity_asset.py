@@ -14,7 +14,12 @@ import pytest
 
 from wx_orchestration.defs.identity.assets import library_identity
 from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
-from wx_orchestration.defs.resources import LmlResource, PostgresResource
+from wx_orchestration.defs.resources import (
+    LmlBudgetResource,
+    LmlResource,
+    PostgresResource,
+    RedisResource,
+)
 from wx_orchestration_tests.integration.test_identity_refresh import seed_library
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,13 +33,18 @@ def seeded(station_db: str) -> str:
     return station_db
 
 
-def run_shard(db_url: str, lml_url: str, shard: str, **config: object) -> dg.ExecuteInProcessResult:
+def run_shard(
+    db_url: str, lml_url: str, shard: str, redis_url: str, **config: object
+) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [library_identity],
         partition_key=shard,
         resources={
             "lml": LmlResource(base_url=lml_url, api_key="sk-asset-secret", max_retries=0),
             "postgres": PostgresResource(database_url=db_url),
+            "lml_budget": LmlBudgetResource(
+                redis=RedisResource(url=redis_url), rate_per_second=1000, max_concurrent=5
+            ),
         },
         run_config={"ops": {"library_identity": {"config": config}}},
         raise_on_error=False,
@@ -47,8 +57,10 @@ def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, obj
     return {key: value.value for key, value in mat.metadata.items()}
 
 
-def test_materialization_reports_totals_outcomes_and_checks(seeded, lml_emulator) -> None:
-    result = run_shard(seeded, lml_emulator.url, "05", batch_size=4)
+def test_materialization_reports_totals_outcomes_and_checks(
+    seeded, lml_emulator, redis_url
+) -> None:
+    result = run_shard(seeded, lml_emulator.url, "05", redis_url, batch_size=4)
     assert result.success
     metadata = materialization_metadata(result)
     totals = metadata["totals"]
@@ -70,17 +82,17 @@ def test_materialization_reports_totals_outcomes_and_checks(seeded, lml_emulator
     assert "sk-asset-secret" not in json.dumps(metadata, default=str)
 
 
-def test_lml_error_rate_check_warns_when_batches_fail(seeded, lml_emulator) -> None:
+def test_lml_error_rate_check_warns_when_batches_fail(seeded, lml_emulator, redis_url) -> None:
     lml_emulator.set_faults(error_rate=1.0)
-    result = run_shard(seeded, lml_emulator.url, "05", batch_size=4)
+    result = run_shard(seeded, lml_emulator.url, "05", redis_url, batch_size=4)
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["lml_error_rate"].passed
     assert checks["lml_error_rate"].severity == dg.AssetCheckSeverity.WARN
     assert checks["totals_balance"].passed
 
 
-def test_dry_run_adds_the_diff_and_writes_nothing(seeded, lml_emulator) -> None:
-    result = run_shard(seeded, lml_emulator.url, "05", dry_run=True)
+def test_dry_run_adds_the_diff_and_writes_nothing(seeded, lml_emulator, redis_url) -> None:
+    result = run_shard(seeded, lml_emulator.url, "05", redis_url, dry_run=True)
     metadata = materialization_metadata(result)
     assert metadata["dry_run"] is True
     diff, totals = metadata["diff"], metadata["totals"]
@@ -101,23 +113,26 @@ def test_dry_run_adds_the_diff_and_writes_nothing(seeded, lml_emulator) -> None:
         ("unresolved_retry_days", -1),
     ],
 )
-def test_invalid_config_fails_before_any_lml_call(seeded, lml_emulator, field, value) -> None:
-    result = run_shard(seeded, lml_emulator.url, "05", **{field: value})
+def test_invalid_config_fails_before_any_lml_call(
+    seeded, lml_emulator, redis_url, field, value
+) -> None:
+    result = run_shard(seeded, lml_emulator.url, "05", redis_url, **{field: value})
     assert not result.success
     assert field in str(result.get_step_failure_events()[0].step_failure_data.error)
     assert lml_emulator.requests() == []
 
 
-def test_rejected_key_fails_the_run_with_a_clear_message(seeded) -> None:
+def test_rejected_key_fails_the_run_with_a_clear_message(seeded, redis_url) -> None:
     from wx_orchestration.devstack.lml_emulator import start_in_thread
 
     with start_in_thread(api_key="the-right-key") as locked:
-        result = run_shard(seeded, locked.url, "05")
+        result = run_shard(seeded, locked.url, "05", redis_url)
         assert not result.success
         message = str(result.get_step_failure_events()[0].step_failure_data.error)
         assert "LML_API_KEY" in message
         assert "sk-asset-secret" not in message
-        assert len(locked.requests()) == 1
+        api_calls = [r for r in locked.requests() if r["path"].startswith("/api/")]
+        assert len(api_calls) == 1
 
 
 def test_weekly_schedule_requests_every_shard_once_per_week() -> None:
@@ -131,13 +146,15 @@ def test_weekly_schedule_requests_every_shard_once_per_week() -> None:
     assert all("2026-W48" in (r.run_key or "") for r in requests)
 
 
-def test_definitions_validate_and_job_execute_one_shard(seeded, lml_emulator, tmp_path) -> None:
+def test_definitions_validate_and_job_execute_one_shard(
+    seeded, lml_emulator, redis_url, tmp_path
+) -> None:
     env = {
         **os.environ,
         "DAGSTER_HOME": str(tmp_path),
         "DATABASE_URL": seeded,
         "LIBRARY_METADATA_URL": lml_emulator.url,
-        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "REDIS_URL": redis_url,
     }
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     bin_dir = Path(sys.executable).parent
@@ -182,3 +199,14 @@ def test_definitions_validate_and_job_execute_one_shard(seeded, lml_emulator, tm
     assert row is not None
     assert row[0] > 0
     assert row[1] is True
+
+
+def test_an_open_discogs_breaker_ends_the_run_cleanly_with_the_reason(
+    seeded, lml_emulator, redis_url
+) -> None:
+    lml_emulator.set_faults(breaker_state="open")
+    result = run_shard(seeded, lml_emulator.url, "05", redis_url, breaker_wait_s=0)
+    assert result.success
+    metadata = materialization_metadata(result)
+    assert "breaker open" in str(metadata["stopped_reason"])
+    assert [r["path"] for r in lml_emulator.requests()] == ["/health"]

@@ -5,11 +5,17 @@ import pandas as pd
 import sentry_sdk
 from pydantic import Field
 
+from wx_orchestration.clients.lml_budget import wait_until_lml_ready
 from wx_orchestration.core.identity import IdentityDiff, IdentityTotals
 from wx_orchestration.db.identity import Selection
 from wx_orchestration.defs.identity.partitions import LIBRARY_SHARDS
-from wx_orchestration.defs.identity.refresh import LmlAuthError, RefreshOptions, refresh_shard
-from wx_orchestration.defs.resources import LmlResource, PostgresResource
+from wx_orchestration.defs.identity.refresh import (
+    LmlAuthError,
+    RefreshOptions,
+    RefreshResult,
+    refresh_shard,
+)
+from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 
 LML_ERROR_RATE_WARN = 0.05
 DIFF_TABLE_ROWS = 50
@@ -30,6 +36,11 @@ class LibraryIdentityConfig(dg.Config):
     )
     dry_run: bool = Field(
         default=False, description="call LML but write nothing; report a diff instead"
+    )
+    breaker_wait_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="how long to wait while LML reports its Discogs breaker open, then stop",
     )
 
 
@@ -111,6 +122,7 @@ def library_identity(
     config: LibraryIdentityConfig,
     lml: LmlResource,
     postgres: PostgresResource,
+    lml_budget: LmlBudgetResource,
 ) -> dg.MaterializeResult:
     shard = int(context.partition_key)
     options = RefreshOptions(
@@ -123,14 +135,22 @@ def library_identity(
         batch_size=config.batch_size,
         dry_run=config.dry_run,
     )
+    client = lml_budget.budgeted(lml, "identity")
+    stopped = wait_until_lml_ready(
+        client, max_wait_s=config.breaker_wait_s, progress=context.log.warning
+    )
     with (
         sentry_sdk.start_span(op="library_identity.refresh", name=f"shard {shard:02d}") as span,
         postgres.connection(autocommit=True) as conn,
     ):
-        try:
-            result = refresh_shard(conn, lml.get_client(), options, progress=context.log.info)
-        except LmlAuthError as exc:
-            raise dg.Failure(description=str(exc)) from None
+        if stopped:
+            context.log.warning(f"shard {shard:02d} not refreshed: {stopped}")
+            result = RefreshResult()
+        else:
+            try:
+                result = refresh_shard(conn, client, options, progress=context.log.info)
+            except LmlAuthError as exc:
+                raise dg.Failure(description=str(exc)) from None
         totals = result.totals
         for key, value in totals.as_dict().items():
             span.set_data(f"totals.{key}", value)
@@ -145,7 +165,15 @@ def library_identity(
         "batches": result.batches,
         "dry_run": config.dry_run,
         "dagster/row_count": totals.scanned,
+        "lml_budget": dg.MetadataValue.json(
+            {
+                "lanes": lml_budget.get_budget().stats_summary(),
+                "shared": lml_budget.get_budget().state("identity"),
+            }
+        ),
     }
+    if stopped:
+        metadata["stopped_reason"] = stopped
     if result.diff is not None:
         metadata.update(_diff_metadata(result.diff))
     return dg.MaterializeResult(metadata=metadata, check_results=_checks(totals))

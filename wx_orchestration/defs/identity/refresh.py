@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import psycopg
 import sentry_sdk
 
-from wx_orchestration.clients.lml import LmlClient, LmlError
+from wx_orchestration.clients.lml import LmlApi, LmlError
 from wx_orchestration.contracts.lml import BulkResolveResponse
 from wx_orchestration.core.identity import (
     IdentityDiff,
@@ -51,7 +51,7 @@ class RefreshResult:
 
 
 def _resolve(
-    lml: LmlClient, batch: list[LibraryRow], totals: IdentityTotals
+    lml: LmlApi, batch: list[LibraryRow], totals: IdentityTotals
 ) -> BulkResolveResponse | None:
     """LML's answer for the batch, or None when the call failed (every row: `lml_error`)."""
     with sentry_sdk.start_span(op="lml.bulk_resolve_libraries") as span:
@@ -80,7 +80,7 @@ def _resolve(
 
 def refresh_shard(
     conn: psycopg.Connection,
-    lml: LmlClient,
+    lml: LmlApi,
     options: RefreshOptions,
     *,
     progress: Callable[[str], None] = log.info,
