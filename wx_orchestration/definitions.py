@@ -7,11 +7,14 @@ import dagster as dg
 from wx_orchestration.defs.identity.assets import library_identity
 from wx_orchestration.defs.identity.jobs import library_identity_refresh_job
 from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
+from wx_orchestration.defs.observability.assets import wx_cdc_stream
+from wx_orchestration.defs.observability.sensors import sidecar_health_sensor
 from wx_orchestration.defs.resources import resources_from_env
 
 defs = dg.Definitions(
-    assets=[library_identity],
+    assets=[library_identity, wx_cdc_stream],
     jobs=[library_identity_refresh_job],
     schedules=[library_identity_refresh_schedule],
+    sensors=[sidecar_health_sensor],
     resources=resources_from_env(),
 )

@@ -1,0 +1,67 @@
+"""`wx-sidecar` / `python -m wx_orchestration.sidecar`: run the chosen roles until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from dataclasses import fields
+
+from wx_orchestration.settings import Settings, SettingsError
+from wx_orchestration.sidecar.roles import ROLE_MODULES, SidecarConfig, UnknownRole, parse_roles
+from wx_orchestration.sidecar.runtime import Sidecar
+
+log = logging.getLogger("wx_orchestration.sidecar")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wx-sidecar",
+        description="CDC bridge, stream consumers and health endpoints for wx_orchestration. "
+        "Connections come from DATABASE_URL, REDIS_URL, WXYC_SCHEMA_NAME; HTTP binds "
+        "WX_SIDECAR_HOST:WX_SIDECAR_PORT.",
+    )
+    parser.add_argument(
+        "--roles",
+        default=os.environ.get("WX_SIDECAR_ROLES", ""),
+        help=f"comma-separated roles among {','.join(ROLE_MODULES)} (default: all)",
+    )
+    parser.add_argument(
+        "--instance",
+        default=f"{socket.gethostname()}-{os.getpid()}",
+        help="name of this process in consumer groups and its heartbeat",
+    )
+    defaults = SidecarConfig()
+    for field in fields(SidecarConfig):
+        default = getattr(defaults, field.name)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=type(default),
+            default=default,
+            help=f"(default {default})",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("WX_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+        settings.require("DATABASE_URL", "REDIS_URL")
+        roles = parse_roles(args.roles)
+    except (SettingsError, UnknownRole) as err:
+        print(f"wx-sidecar: {err}", file=sys.stderr)
+        return 2
+    config = SidecarConfig(**{f.name: getattr(args, f.name) for f in fields(SidecarConfig)})
+    sidecar = Sidecar(settings, config, roles, args.instance)
+    return 0 if sidecar.run_until_signalled() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

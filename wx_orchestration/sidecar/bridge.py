@@ -1,0 +1,371 @@
+"""Bridge role: Postgres NOTIFY → stream `wx:cdc`, losing nothing (DESIGN.md §2, §6).
+
+NOTIFY is only a wake-up. What makes the bridge lossless is the watermark: the newest
+(`updated_at`, `id`) it has written to the stream, saved in `wx_orchestration.cdc_watermark`
+only after the XADD succeeded. After every (re)connect it LISTENs first and then scans rows
+changed since the watermark minus an overlap — `updated_at` is the transaction *start*, so a
+transaction committing now can carry a timestamp older than rows already bridged — and writes
+them as CATCHUP events. Whatever arrives both ways is one event downstream (same event key).
+
+One bridge is active at a time: it holds a session advisory lock on a connection of its own,
+which also sends the liveness pings its LISTEN connection must echo. If the process dies, the
+session ends, the lock is free and a standby takes over, starting with a catch-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import redis
+from psycopg import sql
+
+from wx_orchestration.contracts.cdc import (
+    CDC_CHANNEL,
+    CDC_CHANNELS,
+    CDC_ERROR_CHANNEL,
+    CDC_OVERSIZED_CHANNEL,
+    CDC_STREAM,
+    FLOWSHEET_TABLE,
+    CdcError,
+    CdcNotification,
+    CdcOversized,
+    NotificationError,
+    StreamEvent,
+)
+from wx_orchestration.core.events import row_cursor
+from wx_orchestration.db.events import (
+    DeadLetter,
+    Watermark,
+    insert_dead_letters,
+    load_watermark,
+    read_flowsheet_rows,
+    save_watermark,
+    scan_changed_rows,
+)
+from wx_orchestration.settings import redact_url
+from wx_orchestration.sidecar.roles import SidecarContext
+from wx_orchestration.sidecar.sentry import report_cdc_error
+
+log = logging.getLogger("wx_orchestration.sidecar.bridge")
+
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+# How long one wait for notifications may last, so that pings and `stop` are noticed.
+_POLL_S = 0.25
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class LostLeadership(Exception):
+    """The session holding the advisory lock is gone; another bridge may be active now."""
+
+
+class CdcBridge:
+    name = "bridge"
+
+    def __init__(self, ctx: SidecarContext) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.metrics = ctx.metrics
+        self.url = ctx.settings.database_url
+        self.schema = ctx.settings.station_schema
+        self.pool = ctx.pool()
+        self.redis = ctx.redis()
+        self.watermark_name = f"{self.schema}.{FLOWSHEET_TABLE}"
+        digest = hashlib.sha256(f"wx_cdc_bridge:{self.schema}".encode()).digest()
+        self.lock_key = int.from_bytes(digest[:8], "big", signed=True)
+        self.ping_channel = f"wx_bridge_ping_{uuid.uuid4().hex[:16]}"
+        self.listen_alive = False
+        self._watermark: Watermark | None = None
+        self._catchup_due = True
+        # Lowest row position a failed XADD left unbridged; the next catch-up starts there.
+        self._catchup_floor: Watermark | None = None
+        self._redis_run_id: str | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                with self._leadership(stop) as lock_conn:
+                    if lock_conn is not None:
+                        self._lead(lock_conn, stop)
+            except (psycopg.OperationalError, LostLeadership) as err:
+                log.warning("bridge lost its database session (%s); starting over", err)
+                stop.wait(1.0)
+            finally:
+                self._set_state("off")
+                self.listen_alive = False
+                self.metrics.listen_alive.set(0)
+
+    def readiness(self) -> tuple[bool, str]:
+        state = self.ctx.bridge_state
+        if state == "leader":
+            return (
+                self.listen_alive,
+                "leader, listening" if self.listen_alive else "leader, reconnecting",
+            )
+        return (state == "standby", state)
+
+    def _set_state(self, state: str) -> None:
+        self.ctx.bridge_state = state
+        self.metrics.bridge_leader.set(1 if state == "leader" else 0)
+
+    @contextmanager
+    def _leadership(self, stop: threading.Event) -> Iterator[psycopg.Connection | None]:
+        """Wait as a standby until this process holds the bridge lock (None: stopping)."""
+        with psycopg.connect(
+            self.url, autocommit=True, application_name="wx-sidecar bridge lock"
+        ) as conn:
+            self._set_state("standby")
+            while not stop.is_set():
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,)).fetchone()
+                if row and row[0]:
+                    log.info("bridge is the leader on %s", redact_url(self.url))
+                    self._set_state("leader")
+                    self._catchup_due = True
+                    yield conn
+                    return
+                stop.wait(self.config.standby_poll_s)
+            yield None
+
+    def _lead(self, lock_conn: psycopg.Connection, stop: threading.Event) -> None:
+        connected_before = False
+        while not stop.is_set():
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, application_name="wx-sidecar bridge listen"
+                ) as listen:
+                    for channel in (*CDC_CHANNELS, self.ping_channel):
+                        listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    if connected_before:
+                        self.metrics.reconnects.labels("reconnect").inc()
+                    connected_before = True
+                    # LISTEN is in place before the scan, so nothing falls between the two.
+                    self._catchup_due = True
+                    self._listen(listen, lock_conn, stop)
+            except psycopg.OperationalError as err:
+                if lock_conn.closed or lock_conn.broken:
+                    raise LostLeadership(str(err)) from err
+                log.warning("LISTEN connection lost (%s); reconnecting", err)
+                self.listen_alive = False
+                self.metrics.listen_alive.set(0)
+                self.metrics.reconnects.labels("connection_lost").inc()
+                stop.wait(0.1)
+
+    def _listen(
+        self, listen: psycopg.Connection, lock_conn: psycopg.Connection, stop: threading.Event
+    ) -> None:
+        """Bridge notifications until stopped or until the connection stops echoing pings."""
+        next_ping = 0.0
+        ping_sent_at: float | None = None
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_ping:
+                next_ping = now + self.config.ping_interval_s
+                self._check_redis_reset()
+                if ping_sent_at is None:
+                    ping_sent_at = now
+                    try:
+                        lock_conn.execute("SELECT pg_notify(%s, '')", (self.ping_channel,))
+                    except psycopg.OperationalError as err:
+                        raise LostLeadership(str(err)) from err
+            if ping_sent_at is not None and now - ping_sent_at > self.config.ping_timeout_s:
+                log.warning("LISTEN connection did not echo a ping in time; reconnecting")
+                self.metrics.reconnects.labels("echo_timeout").inc()
+                return
+            if self._catchup_due:
+                self._catch_up(stop)
+            notes = list(listen.notifies(timeout=_POLL_S, stop_after=1))
+            if notes:
+                notes += listen.notifies(timeout=0, stop_after=self.config.catchup_page)
+            if any(n.channel == self.ping_channel for n in notes):
+                ping_sent_at = None
+                self.listen_alive = True
+                self.metrics.listen_alive.set(1)
+            self._bridge_notifications([n for n in notes if n.channel != self.ping_channel])
+
+    # --- notifications → stream -----------------------------------------------------------
+
+    def _bridge_notifications(self, notes: Sequence[psycopg.Notify]) -> None:
+        events: list[StreamEvent] = []
+        letters: list[DeadLetter] = []
+        oversized: list[CdcOversized] = []
+        now_ms = _now_ms()
+        for note in notes:
+            try:
+                if note.channel == CDC_CHANNEL:
+                    change = CdcNotification.parse(note.payload)
+                    if change.table == FLOWSHEET_TABLE:
+                        events.append(
+                            StreamEvent(change.action, change.data, change.timestamp_ms, now_ms)
+                        )
+                    else:
+                        self.metrics.notifications_ignored.inc()
+                elif note.channel == CDC_OVERSIZED_CHANNEL:
+                    pointer = CdcOversized.parse(note.payload)
+                    if pointer.table == FLOWSHEET_TABLE:
+                        oversized.append(pointer)
+                    else:
+                        self.metrics.notifications_ignored.inc()
+                elif note.channel == CDC_ERROR_CHANNEL:
+                    letters.append(self._cdc_error(note.payload))
+            except NotificationError as err:
+                letters.append(DeadLetter(f"notify/{note.channel}", None, note.payload, str(err)))
+        events += self._complete_oversized(oversized, now_ms)
+        if letters:
+            with self.pool.connection() as conn:
+                insert_dead_letters(conn, letters)
+            for letter in letters:
+                self.metrics.dead_letters.labels(letter.source).inc()
+        self._publish(events)
+
+    def _cdc_error(self, payload: str) -> DeadLetter:
+        error = CdcError.parse(payload)
+        log.error("cdc_error on %s (%s): %s", error.table, error.action, error.describe())
+        report_cdc_error(error.describe(), table=error.table, action=error.action)
+        if error.table in (None, FLOWSHEET_TABLE):
+            # The change committed without a notification; the scan will find the row.
+            self._catchup_due = True
+        return DeadLetter(f"notify/{CDC_ERROR_CHANNEL}", None, payload, error.describe())
+
+    def _complete_oversized(
+        self, pointers: Sequence[CdcOversized], now_ms: int
+    ) -> list[StreamEvent]:
+        """Too big to notify: re-read the row; a DELETE has nothing left to read but its id."""
+        events: list[StreamEvent] = []
+        to_read: dict[int, CdcOversized] = {}
+        for pointer in pointers:
+            row_id = pointer.row_id()
+            if row_id is None:
+                log.warning("oversized %s without a key; catching up instead", pointer.action)
+                self._catchup_due = True
+            elif pointer.action == "DELETE":
+                events.append(StreamEvent("DELETE", {"id": row_id}, pointer.timestamp_ms, now_ms))
+            else:
+                to_read[row_id] = pointer
+        if to_read:
+            with self.pool.connection() as conn:
+                rows = read_flowsheet_rows(conn, self.schema, list(to_read))
+            # A row gone since was deleted: its own DELETE notification follows.
+            events += [
+                StreamEvent(to_read[row_id].action, row, to_read[row_id].timestamp_ms, now_ms)
+                for row_id, row in rows.items()
+            ]
+        return events
+
+    def _publish(self, events: Sequence[StreamEvent]) -> bool:
+        """XADD the events, then move the watermark; on a Redis failure, arrange a catch-up."""
+        if not events:
+            return True
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for event in events:
+                pipe.xadd(
+                    CDC_STREAM,
+                    event.fields(),  # type: ignore[arg-type]
+                    maxlen=self.config.stream_maxlen,
+                    approximate=True,
+                )
+            pipe.execute()
+        except _REDIS_DOWN as err:
+            self._unbridged(events, err)
+            return False
+        for event in events:
+            self.metrics.events_bridged.labels(event.action).inc()
+        cursors = [c for c in (row_cursor(e.row) for e in events) if c is not None]
+        if cursors:
+            self._advance(Watermark(*max(cursors)))
+        return True
+
+    def _unbridged(self, events: Sequence[StreamEvent], err: Exception) -> None:
+        cursors = [Watermark(*c) for c in (row_cursor(e.row) for e in events) if c is not None]
+        if cursors:
+            lowest = min(cursors)
+            floor = self._catchup_floor
+            self._catchup_floor = lowest if floor is None else min(floor, lowest)
+        self._catchup_due = True
+        # A scan cannot find a deleted row again, so such a loss is at least on record.
+        deletes = [e for e in events if e.action == "DELETE"]
+        log.warning(
+            "redis unavailable (%s): %d events left for catch-up, %d deletes dead-lettered",
+            err,
+            len(events) - len(deletes),
+            len(deletes),
+        )
+        if deletes:
+            with self.pool.connection() as conn:
+                insert_dead_letters(
+                    conn,
+                    [
+                        DeadLetter(CDC_STREAM, None, e.to_json(), f"not bridged, redis down: {err}")
+                        for e in deletes
+                    ],
+                )
+            self.metrics.dead_letters.labels(CDC_STREAM).inc(len(deletes))
+
+    def _advance(self, mark: Watermark) -> None:
+        if self._watermark is not None and mark <= self._watermark:
+            return
+        with self.pool.connection() as conn:
+            save_watermark(conn, self.watermark_name, mark)
+        self._watermark = mark
+
+    # --- catch-up -----------------------------------------------------------------------
+
+    def _catch_up(self, stop: threading.Event) -> None:
+        with self.pool.connection() as conn:
+            saved = load_watermark(conn, self.watermark_name)
+        if saved is not None and (self._watermark is None or saved > self._watermark):
+            self._watermark = saved
+        if saved is None:
+            lookback = timedelta(hours=self.config.first_start_lookback_h)
+            start = Watermark(datetime.now(UTC) - lookback, 0)
+        else:
+            overlap = timedelta(seconds=self.config.catchup_overlap_s)
+            start = Watermark(saved.updated_at - overlap, 0)
+        if self._catchup_floor is not None and self._catchup_floor < start:
+            start = Watermark(self._catchup_floor.updated_at, self._catchup_floor.flowsheet_id - 1)
+        cursor, bridged = start, 0
+        while not stop.is_set():
+            with self.pool.connection() as conn:
+                page = scan_changed_rows(conn, self.schema, cursor, self.config.catchup_page)
+            now_ms = _now_ms()
+            events = [StreamEvent("CATCHUP", row, None, now_ms, catchup=True) for _, row in page]
+            if not self._publish(events):
+                stop.wait(1.0)  # Redis is down; the next attempt starts over from the floor
+                return
+            bridged += len(page)
+            if len(page) < self.config.catchup_page:
+                break
+            cursor = page[-1][0]
+        if stop.is_set():
+            return
+        self._catchup_due = False
+        self._catchup_floor = None
+        self.metrics.catchup_rows.inc(bridged)
+        log.info("catch-up from %s bridged %d rows", start.updated_at.isoformat(), bridged)
+
+    def _check_redis_reset(self) -> None:
+        """A Redis restarted empty lost the stream: bridge again from the watermark."""
+        try:
+            run_id = str(self.redis.info("server").get("run_id"))
+        except _REDIS_DOWN:
+            return
+        if self._redis_run_id is not None and run_id != self._redis_run_id:
+            log.warning("redis restarted (new run_id); catching up from the watermark")
+            self._catchup_due = True
+        self._redis_run_id = run_id
+
+
+def build(ctx: SidecarContext) -> CdcBridge:
+    return CdcBridge(ctx)

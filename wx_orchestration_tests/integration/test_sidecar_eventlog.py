@@ -1,0 +1,182 @@
+"""Bridge + event log in one process: a row reaches `wx:cdc` and the log, once per version."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+from psycopg_pool import ConnectionPool
+
+from wx_orchestration.contracts.cdc import CDC_STREAM, EVENTLOG_GROUP, StreamEvent
+from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
+from wx_orchestration.sidecar.consumer import StreamConsumer
+from wx_orchestration.sidecar.eventlog import log_flowsheet_events
+from wx_orchestration.sidecar.metrics import SidecarMetrics
+from wx_orchestration_tests.integration.sidecar_support import (
+    FAST,
+    connect,
+    current_keys,
+    dead_letters,
+    insert_tracks,
+    logged_keys,
+    payload_json,
+    poll,
+    running_sidecar,
+    stream_events,
+    wait_listening,
+)
+
+
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+@pytest.fixture
+def pool(station_db: str) -> Iterator[ConnectionPool[psycopg.Connection]]:
+    pool: ConnectionPool[psycopg.Connection] = ConnectionPool(station_db, min_size=1, max_size=2)
+    with pool:
+        yield pool
+
+
+def eventlog_consumer(
+    client: redis.Redis, pool: ConnectionPool, name: str, metrics: SidecarMetrics | None = None
+) -> StreamConsumer[FlowsheetEvent]:
+    metrics = metrics or SidecarMetrics()
+    return StreamConsumer(
+        client=client,
+        pool=pool,
+        stream=CDC_STREAM,
+        group=EVENTLOG_GROUP,
+        consumer=name,
+        decode=decode_stream_entry,
+        sink=lambda events: log_flowsheet_events(pool, metrics, events),
+        metrics=metrics,
+        config=FAST,
+    )
+
+
+def test_insert_reaches_the_stream_and_the_event_log(
+    station_db: str, redis_url: str, client: redis.Redis
+) -> None:
+    with (
+        running_sidecar(station_db, redis_url, ("bridge", "eventlog")) as sidecar,
+        connect(station_db) as conn,
+    ):
+        wait_listening(sidecar)
+        (row_id,) = insert_tracks(conn, 1)
+        expected = current_keys(conn)[row_id]
+        poll(lambda: expected in logged_keys(conn), what="the event-log row")
+        live = [e for e in stream_events(client) if e.flowsheet_id == row_id]
+        assert any(e.action == "INSERT" and not e.catchup for e in live)
+        watermark = conn.execute(
+            "SELECT flowsheet_id FROM wx_orchestration.cdc_watermark"
+        ).fetchone()
+        assert watermark == (row_id,)
+
+
+def test_duplicate_entries_make_one_event_row(
+    station_db: str, client: redis.Redis, pool: ConnectionPool
+) -> None:
+    row = {"id": 9, "updated_at": "2024-05-01T16:00:00+00:00", "metadata_status": "pending"}
+    same_elsewhere = {**row, "updated_at": "2024-05-01T12:00:00-04:00"}
+    for image, action in [(row, "INSERT"), (row, "INSERT"), (same_elsewhere, "CATCHUP")]:
+        client.xadd(CDC_STREAM, StreamEvent(action, image, None, 1).fields())  # type: ignore[arg-type]
+    metrics = SidecarMetrics()
+    consumer = eventlog_consumer(client, pool, "c1", metrics)
+    assert consumer.step() == 3
+    with connect(station_db) as conn:
+        assert list(logged_keys(conn).values()) == [9]
+    assert metrics.eventlog_duplicates._value.get() == 2
+    assert client.xpending(CDC_STREAM, EVENTLOG_GROUP)["pending"] == 0
+
+
+def test_poison_entries_are_dead_lettered_and_never_stall_the_group(
+    station_db: str, client: redis.Redis, pool: ConnectionPool
+) -> None:
+    good = {"id": 1, "updated_at": "2024-05-01T16:00:00+00:00", "metadata_status": "pending"}
+    poison = {
+        "not json": {b"payload": b"{nope"},
+        "wrong types": payload_json({"action": "INSERT", "row": {"id": "one"}, "bridged_at_ms": 1}),
+        "unknown table": payload_json(
+            {"table": "library", "action": "INSERT", "row": good, "bridged_at_ms": 1}
+        ),
+        "huge body": payload_json(
+            {"action": "INSERT", "row": {**good, "artist_bio": "x" * 300_000}, "bridged_at_ms": 1}
+        ),
+    }
+    ids = {name: client.xadd(CDC_STREAM, fields).decode() for name, fields in poison.items()}  # type: ignore[arg-type,union-attr]
+    client.xadd(CDC_STREAM, StreamEvent("INSERT", good, None, 1).fields())  # type: ignore[arg-type]
+    consumer = eventlog_consumer(client, pool, "c1")
+    consumer.step()
+    with connect(station_db) as conn:
+        letters = {entry_id: reason for _, entry_id, _, reason in dead_letters(conn)}
+        assert set(letters) == set(ids.values())
+        assert "not JSON" in letters[ids["not json"]]
+        assert "'id' is str" in letters[ids["wrong types"]]
+        assert "unknown table" in letters[ids["unknown table"]]
+        assert "bytes, more than" in letters[ids["huge body"]]
+        assert list(logged_keys(conn).values()) == [1]
+    assert client.xpending(CDC_STREAM, EVENTLOG_GROUP)["pending"] == 0
+
+
+def test_consumer_killed_mid_batch_has_its_entries_reclaimed(
+    station_db: str, client: redis.Redis, pool: ConnectionPool
+) -> None:
+    for n in range(1, 51):
+        row = {"id": n, "updated_at": "2024-05-01T16:00:00+00:00", "metadata_status": "pending"}
+        client.xadd(CDC_STREAM, StreamEvent("INSERT", row, None, 1).fields())  # type: ignore[arg-type]
+    survivor = eventlog_consumer(client, pool, "survivor")
+    survivor.ensure_group()
+    # The doomed consumer reads a batch and dies before acknowledging anything.
+    doomed = client.xreadgroup(EVENTLOG_GROUP, "doomed", {CDC_STREAM: ">"}, count=50)
+    assert len(doomed[0][1]) == 50  # type: ignore[index]
+    stop = threading.Event()
+    worker = threading.Thread(target=survivor.run, args=(stop,))
+    worker.start()
+    try:
+        with connect(station_db) as conn:
+            poll(lambda: len(logged_keys(conn)) == 50, what="reclaimed entries to be logged")
+        poll(lambda: client.xpending(CDC_STREAM, EVENTLOG_GROUP)["pending"] == 0, what="acks")
+    finally:
+        stop.set()
+        worker.join(5)
+    assert not worker.is_alive()
+
+
+def test_entries_failing_more_than_n_times_become_dead_letters(
+    station_db: str, client: redis.Redis, pool: ConnectionPool
+) -> None:
+    row = {"id": 5, "updated_at": "2024-05-01T16:00:00+00:00", "metadata_status": "pending"}
+    entry_id = client.xadd(CDC_STREAM, StreamEvent("INSERT", row, None, 1).fields()).decode()  # type: ignore[arg-type,union-attr]
+    metrics = SidecarMetrics()
+
+    def failing_sink(events: object) -> list[str]:
+        raise RuntimeError("the database said no")
+
+    consumer = StreamConsumer(
+        client=client,
+        pool=pool,
+        stream=CDC_STREAM,
+        group=EVENTLOG_GROUP,
+        consumer="c1",
+        decode=decode_stream_entry,
+        sink=failing_sink,
+        metrics=metrics,
+        config=FAST.__class__(**{**FAST.__dict__, "claim_idle_ms": 0, "max_deliveries": 3}),
+    )
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run, args=(stop,))
+    worker.start()
+    try:
+        with connect(station_db) as conn:
+            letters = poll(lambda: dead_letters(conn), timeout=20, what="a dead letter")
+    finally:
+        stop.set()
+        worker.join(5)
+    assert letters[0][1] == entry_id
+    assert "delivered 4 times" in letters[0][3]
+    assert client.xpending(CDC_STREAM, EVENTLOG_GROUP)["pending"] == 0

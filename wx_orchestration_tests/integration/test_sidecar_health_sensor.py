@@ -1,0 +1,77 @@
+"""`sidecar_health_sensor` observes wx_cdc_stream every tick from heartbeats, lag, dead letters."""
+
+from __future__ import annotations
+
+import dagster as dg
+import psycopg
+import redis
+
+from wx_orchestration.contracts.cdc import (
+    CDC_STREAM,
+    EVENTLOG_GROUP,
+    SidecarHeartbeat,
+    heartbeat_key,
+)
+from wx_orchestration.defs.observability.assets import wx_cdc_stream
+from wx_orchestration.defs.observability.sensors import sidecar_health_sensor
+from wx_orchestration.defs.resources import PostgresResource, RedisResource
+from wx_orchestration_tests.servers import STATION_SCHEMA
+
+
+def _evaluate(station_db: str, redis_url: str) -> dict[str, object]:
+    context = dg.build_sensor_context(
+        resources={
+            "redis": RedisResource(url=redis_url),
+            "postgres": PostgresResource(database_url=station_db, station_schema=STATION_SCHEMA),
+        }
+    )
+    result = sidecar_health_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    assert not result.run_requests
+    (observation,) = result.asset_events
+    assert isinstance(observation, dg.AssetObservation)
+    assert observation.asset_key == wx_cdc_stream.key
+    return {key: getattr(value, "value", value) for key, value in observation.metadata.items()}
+
+
+def test_observes_heartbeat_lag_and_dead_letters(station_db: str, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    for n in range(3):
+        client.xadd(CDC_STREAM, {"payload": str(n)})
+    client.xgroup_create(CDC_STREAM, EVENTLOG_GROUP, id="0")
+    client.xreadgroup(EVENTLOG_GROUP, "c1", {CDC_STREAM: ">"}, count=1)
+    beat = SidecarHeartbeat("host-1", ("bridge", "eventlog"), 1_000, 500, "leader", {}, 2)
+    client.hset(heartbeat_key("host-1"), mapping=beat.to_hash())  # type: ignore[arg-type]
+    with psycopg.connect(station_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO wx_orchestration.dead_letters (source, payload, reason)"
+            " VALUES ('wx:cdc/eventlog', 'x', 'not JSON')"
+        )
+    metadata = _evaluate(station_db, redis_url)
+    assert metadata["sidecars_alive"] == 1
+    assert metadata["bridge_leader"] == "host-1"
+    assert metadata["stream_length"] == 3
+    assert metadata[f"lag_{EVENTLOG_GROUP}"] == 2
+    assert metadata[f"pending_{EVENTLOG_GROUP}"] == 1
+    assert metadata["dead_letters_total"] == 1
+    assert metadata["dead_letters_24h"] == 1
+
+
+def test_observes_even_when_nothing_runs(station_db: str, redis_url: str) -> None:
+    metadata = _evaluate(station_db, redis_url)
+    assert metadata["sidecars_alive"] == 0
+    assert metadata["bridge_leader"] == "none"
+    assert metadata["stream_length"] == "missing"
+
+
+def test_sensor_and_asset_load_in_definitions() -> None:
+    defs = dg.Definitions(
+        assets=[wx_cdc_stream],
+        sensors=[sidecar_health_sensor],
+        resources={
+            "redis": RedisResource(url="redis://127.0.0.1:1/0"),
+            "postgres": PostgresResource(database_url="postgresql://nowhere/db"),
+        },
+    )
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_sensor_def("sidecar_health_sensor").minimum_interval_seconds == 60
