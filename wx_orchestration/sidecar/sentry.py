@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import logging
-import re
+import os
 from typing import Any
 
 import sentry_sdk
 
+from wx_orchestration.core.scrub import Scrubber, secrets_from_env
+
 log = logging.getLogger("wx_orchestration.sidecar")
 
-# user:password@ in any URL (libpq, redis, the DSN itself).
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I)
-_SECRET_KEYS = re.compile(r"(password|passwd|secret|token|api_key|dsn|authorization)", re.I)
-
-
-def scrub(value: Any) -> Any:
-    """`value` with passwords in URLs and values under secret-looking keys replaced."""
-    if isinstance(value, str):
-        return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", value)
-    if isinstance(value, dict):
-        return {
-            k: "***" if isinstance(k, str) and _SECRET_KEYS.search(k) else scrub(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [scrub(v) for v in value]
-    return value
+_scrub = Scrubber(secrets_from_env(os.environ))
 
 
 def _before_send(event: Any, _hint: Any) -> Any:
-    return scrub(event)
+    return _scrub(event)
 
 
 def init_sentry(dsn: str, *, instance: str) -> bool:
@@ -38,7 +24,6 @@ def init_sentry(dsn: str, *, instance: str) -> bool:
         return False
     sentry_sdk.init(
         dsn=dsn,
-        send_default_pii=False,
         before_send=_before_send,
         before_breadcrumb=_before_send,
         server_name=instance,
