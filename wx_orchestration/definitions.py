@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
+from wx_orchestration.defs.enrichment.assets import flowsheet_enrichment
+from wx_orchestration.defs.enrichment.jobs import enrichment_backlog_job
+from wx_orchestration.defs.enrichment.sensors import enrichment_backlog_sensor
 from wx_orchestration.defs.identity.assets import library_identity
 from wx_orchestration.defs.identity.jobs import library_identity_refresh_job
 from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
@@ -11,15 +14,29 @@ from wx_orchestration.defs.observability.assets import wx_cdc_stream
 from wx_orchestration.defs.observability.sensors import sidecar_health_sensor
 from wx_orchestration.defs.observability.sentry import init_sentry, sentry_run_failure_sensor
 from wx_orchestration.defs.resources import resources_from_env
+from wx_orchestration.defs.sweeps.checks import (
+    HEALTH_CHECKS,
+    health_checks_job,
+    health_checks_schedule,
+)
+from wx_orchestration.defs.sweeps.jobs import requeue_parked_job, stale_sweep_job
+from wx_orchestration.defs.sweeps.schedules import stale_sweep_schedule
 
 # Module top level on purpose: every process that loads the location (webserver, daemon, each
 # step subprocess) initialises Sentry once. A no-op without SENTRY_DSN.
 init_sentry()
 
 defs = dg.Definitions(
-    assets=[library_identity, wx_cdc_stream],
-    jobs=[library_identity_refresh_job],
-    schedules=[library_identity_refresh_schedule],
-    sensors=[sidecar_health_sensor, sentry_run_failure_sensor],
+    assets=[library_identity, flowsheet_enrichment, wx_cdc_stream],
+    asset_checks=HEALTH_CHECKS,
+    jobs=[
+        library_identity_refresh_job,
+        enrichment_backlog_job,
+        stale_sweep_job,
+        requeue_parked_job,
+        health_checks_job,
+    ],
+    schedules=[library_identity_refresh_schedule, stale_sweep_schedule, health_checks_schedule],
+    sensors=[enrichment_backlog_sensor, sidecar_health_sensor, sentry_run_failure_sensor],
     resources=resources_from_env(),
 )

@@ -79,6 +79,7 @@ class Settings:
     lml_live_reserve: float
     sidecar_host: str
     sidecar_port: int
+    freshness_target_s: float
 
     def __repr__(self) -> str:
         # Secrets stay out of reprs, which end up in tracebacks and logs.
@@ -110,6 +111,7 @@ class Settings:
             lml_live_reserve=reserve,
             sidecar_host=env.get("WX_SIDECAR_HOST", "") or "127.0.0.1",
             sidecar_port=_int(env, "WX_SIDECAR_PORT", 8686, minimum=1),
+            freshness_target_s=_float(env, "WX_FRESHNESS_TARGET_S", 30.0, minimum=0.1),
         )
 
     def require(self, *names: str) -> None:

@@ -6,6 +6,8 @@ import threading
 
 import redis
 
+from wx_orchestration.contracts.cdc import GroupStats
+
 _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
 
@@ -19,3 +21,14 @@ def shared_redis(url: str) -> redis.Redis:
             )
             _clients[url] = client
         return client
+
+
+def stream_groups(client: redis.Redis, stream: str) -> tuple[int | None, list[GroupStats]]:
+    """The stream's length and consumer groups; (None, []) when the stream does not exist (yet,
+    or after a Redis reset)."""
+    try:
+        length = int(client.xlen(stream))  # type: ignore[arg-type]
+        groups = [GroupStats.from_xinfo(g) for g in client.xinfo_groups(stream)]  # type: ignore[union-attr]
+    except redis.ResponseError:
+        return None, []
+    return length, groups

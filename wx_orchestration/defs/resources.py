@@ -47,7 +47,9 @@ class LmlResource(dg.ConfigurableResource):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0)
     total_timeout_s: float = Field(
-        default=60.0, gt=0, description="per call, retries of retryable errors included"
+        default=30.0,
+        gt=0,
+        description="per call, retries included; the stale sweep's lease must outlast it",
     )
     # Retries are left to callers by default, so that each attempt queues for the shared budget.
     max_retries: int = Field(default=0, ge=0)

@@ -10,6 +10,7 @@ from wx_orchestration.defs.identity.partitions import LIBRARY_SHARDS
     job=library_identity_refresh_job,
     cron_schedule="0 5 * * 1",
     execution_timezone="America/New_York",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Weekly: one run per library shard (the `lml` pool keeps LML load bounded).",
 )
 def library_identity_refresh_schedule(

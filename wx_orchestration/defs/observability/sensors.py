@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 import dagster as dg
-from redis import Redis, ResponseError
+from redis import Redis
 
+from wx_orchestration.clients.redis_client import stream_groups
 from wx_orchestration.contracts.cdc import (
     CDC_STREAM,
     HEARTBEAT_KEY_PREFIX,
@@ -30,15 +31,6 @@ def _heartbeats(client: Redis) -> list[SidecarHeartbeat]:
         if beat is not None:
             beats.append(beat)
     return sorted(beats, key=lambda b: b.instance)
-
-
-def _stream_state(client: Redis) -> tuple[int | None, list[GroupStats]]:
-    try:
-        length = int(client.xlen(CDC_STREAM))  # type: ignore[arg-type]
-        groups = [GroupStats.from_xinfo(g) for g in client.xinfo_groups(CDC_STREAM)]  # type: ignore[union-attr]
-    except ResponseError:  # the stream does not exist (yet, or after a Redis reset)
-        return None, []
-    return length, groups
 
 
 def _dead_letters(postgres: PostgresResource) -> tuple[int, int]:
@@ -96,7 +88,7 @@ def sidecar_health_sensor(
 ) -> dg.SensorResult:
     client = redis.get_client()
     beats = _heartbeats(client)
-    length, groups = _stream_state(client)
+    length, groups = stream_groups(client, CDC_STREAM)
     observation = sidecar_observation(
         beats, length, groups, _dead_letters(postgres), time.time_ns() // 1_000_000
     )

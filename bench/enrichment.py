@@ -1,0 +1,249 @@
+"""Flowsheet enrichment: claim, finalize and a whole backlog drain (issue #5).
+
+Claim and finalize are each measured against their naive form (one statement per row, each its
+own transaction) in the same run, on the same table with the station's triggers (CDC notify per
+row, watermark per statement). The drain enriches every pending row of one day against the
+zero-latency LML emulator and splits the wall time into claim, LML, write and the rest.
+
+    python -m bench enrichment [--rows 100000] [--claim-rows 50000] [--baseline-rows 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from bench.common import bench_database, station_connection
+from wx_orchestration.clients.lml import LmlClient
+from wx_orchestration.contracts.lml import Artwork
+from wx_orchestration.core.enrichment import ClaimedRow, FinalizePlan, Verdict, finalize_plan
+from wx_orchestration.db.enrichment import claim_backlog_batch, finalize_rows
+from wx_orchestration.devstack.lml_emulator import start_in_thread
+from wx_orchestration.flows.enrichment import drain_backlog
+
+DAY_START = datetime(2024, 3, 10, 5, 0, tzinfo=UTC)
+DAY_END = DAY_START + timedelta(days=1)
+BATCH = 500
+# Plays repeat: this many distinct (artist, album, track) across the seeded rows.
+DISTINCT_PLAYS = 30_000
+ARTWORK = Artwork(
+    release_url="https://www.discogs.com/release/1",
+    artwork_url="https://i.discogs.com/1.jpg",
+    release_year=1997,
+    artist_bio="An artist.",
+    spotify_url="https://open.spotify.com/artist/x",
+)
+
+
+def seed(conn: psycopg.Connection, rows: int) -> None:
+    step = timedelta(days=1) / rows
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY flowsheet (artist_name, album_title, track_title, play_order, add_time) "
+            "FROM STDIN"
+        ) as copy:
+            for i in range(rows):
+                play = i % DISTINCT_PLAYS
+                copy.write_row(
+                    (
+                        f"Artist {play % 9000}",
+                        f"Album {play}",
+                        f"Track {play}",
+                        i,
+                        DAY_START + i * step,
+                    )
+                )
+        cur.execute("VACUUM ANALYZE flowsheet")
+
+
+def reset(conn: psycopg.Connection) -> None:
+    conn.execute(
+        "UPDATE flowsheet SET metadata_status = 'pending', enriching_since = NULL, "
+        "artwork_url = NULL, discogs_url = NULL, spotify_url = NULL, youtube_music_url = NULL, "
+        "bandcamp_url = NULL, soundcloud_url = NULL, apple_music_url = NULL, "
+        "artist_wikipedia_url = NULL, release_year = NULL, artist_bio = NULL, composer = NULL, "
+        "composer_source = NULL WHERE metadata_status <> 'pending'"
+    )
+    conn.execute("TRUNCATE wx_orchestration.enrichment_attempts")
+    conn.execute("VACUUM ANALYZE flowsheet")
+
+
+def claim_set_based(conn: psycopg.Connection, rows: int) -> tuple[float, list[ClaimedRow]]:
+    claimed: list[ClaimedRow] = []
+    started = time.perf_counter()
+    while len(claimed) < rows:
+        batch = claim_backlog_batch(conn, start=DAY_START, end=DAY_END, grace_s=0, limit=BATCH)
+        if not batch:
+            break
+        claimed += batch
+    return time.perf_counter() - started, claimed
+
+
+def claim_then_finalize(conn: psycopg.Connection, rows: int) -> tuple[float, float, int]:
+    """Batch after batch as a backlog run does it (so only one batch is ever `enriching`),
+    timing the claims and the finalizes separately."""
+    claim_s = finalize_s = 0.0
+    done = 0
+    while done < rows:
+        started = time.perf_counter()
+        batch = claim_backlog_batch(conn, start=DAY_START, end=DAY_END, grace_s=0, limit=BATCH)
+        claim_s += time.perf_counter() - started
+        if not batch:
+            break
+        finalize_s += finalize_set_based(conn, plans_for(batch))
+        done += len(batch)
+    return claim_s, finalize_s, done
+
+
+def claim_naive(conn: psycopg.Connection, rows: int) -> float:
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM flowsheet WHERE metadata_status = 'pending' ORDER BY id DESC LIMIT %s",
+            (rows,),
+        )
+    ]
+    started = time.perf_counter()
+    for flowsheet_id in ids:
+        conn.execute(
+            "UPDATE flowsheet SET metadata_status = 'enriching', enriching_since = now() "
+            "WHERE id = %s AND metadata_status = 'pending' RETURNING id, enriching_since",
+            (flowsheet_id,),
+        ).fetchone()
+    return time.perf_counter() - started
+
+
+def bare_update(conn: psycopg.Connection, rows: int) -> float:
+    """The floor under any claim: 500 known ids per UPDATE, no predicate, same triggers."""
+    ids = [row[0] for row in conn.execute("SELECT id FROM flowsheet LIMIT %s", (rows,))]
+    started = time.perf_counter()
+    for i in range(0, len(ids), BATCH):
+        conn.execute(
+            "UPDATE flowsheet SET metadata_status = 'enriching', enriching_since = now() "
+            "WHERE id = ANY(%s)",
+            (ids[i : i + BATCH],),
+        )
+    return time.perf_counter() - started
+
+
+def plans_for(claimed: list[ClaimedRow]) -> list[FinalizePlan]:
+    plans = []
+    for n, row in enumerate(claimed):
+        key = row.key
+        assert key is not None
+        verdict = Verdict("match", artwork=ARTWORK) if n % 4 else Verdict("no_match")
+        plans.append(finalize_plan(row, key, verdict))
+    return plans
+
+
+def finalize_set_based(conn: psycopg.Connection, plans: list[FinalizePlan]) -> float:
+    started = time.perf_counter()
+    for i in range(0, len(plans), BATCH):
+        with conn.transaction():
+            written = finalize_rows(conn, plans[i : i + BATCH])
+        assert len(written) == len(plans[i : i + BATCH])
+    return time.perf_counter() - started
+
+
+def finalize_naive(conn: psycopg.Connection, plans: list[FinalizePlan]) -> float:
+    """The station worker's shape: one guarded UPDATE per row, each its own transaction."""
+    started = time.perf_counter()
+    for p in plans:
+        c = p.columns
+        conn.execute(
+            "UPDATE flowsheet SET metadata_status = %s, enriching_since = NULL, composer = %s, "
+            "composer_source = %s, artwork_url = %s, discogs_url = %s, spotify_url = %s, "
+            "apple_music_url = %s, youtube_music_url = %s, bandcamp_url = %s, "
+            "soundcloud_url = %s, artist_wikipedia_url = %s, release_year = %s, artist_bio = %s "
+            "WHERE id = %s AND metadata_status = 'enriching' AND enriching_since = %s",
+            (
+                p.status,
+                p.composer,
+                p.composer_source,
+                c.get("artwork_url"),
+                c.get("discogs_url"),
+                c.get("spotify_url"),
+                c.get("apple_music_url"),
+                c.get("youtube_music_url"),
+                c.get("bandcamp_url"),
+                c.get("soundcloud_url"),
+                c.get("artist_wikipedia_url"),
+                c.get("release_year"),
+                c.get("artist_bio"),
+                p.flowsheet_id,
+                p.enriching_since,
+            ),
+        )
+    return time.perf_counter() - started
+
+
+def rate(rows: int, seconds: float) -> str:
+    return f"{rows / seconds:,.0f} rows/s ({rows} rows in {seconds:.2f} s)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--claim-rows", type=int, default=50_000)
+    parser.add_argument("--baseline-rows", type=int, default=5_000)
+    args = parser.parse_args()
+
+    with bench_database() as url, start_in_thread() as emulator, station_connection(url) as conn:
+        seed(conn, args.rows)
+
+        claim_s, finalize_s, done = claim_then_finalize(conn, args.claim_rows)
+        reset(conn)
+        naive_claim_s = claim_naive(conn, args.baseline_rows)
+        reset(conn)
+        bare_s = bare_update(conn, args.baseline_rows * 2)
+        reset(conn)
+        _, baseline_claimed = claim_set_based(conn, args.baseline_rows)
+        naive_finalize_s = finalize_naive(conn, plans_for(baseline_claimed))
+        # The drain starts from a freshly loaded table: after the resets above the table
+        # carries 3x its rows in dead versions, which slowed its claims 4x in one run.
+        conn.execute("TRUNCATE flowsheet, wx_orchestration.enrichment_attempts")
+        seed(conn, args.rows)
+
+        with LmlClient(emulator.url, total_timeout=120, max_retries=0) as lml:
+            drain = drain_backlog(
+                conn,
+                lml,
+                start=DAY_START,
+                end=DAY_END,
+                grace_s=0,
+                batch_size=BATCH,
+                time_budget_s=3600,
+                progress=lambda _message: None,
+            )
+
+    claim_rate, naive_claim_rate = done / claim_s, args.baseline_rows / naive_claim_s
+    finalize_rate = done / finalize_s
+    naive_finalize_rate = len(baseline_claimed) / naive_finalize_s
+    print(f"claim, SKIP LOCKED batches of {BATCH}: {rate(done, claim_s)}")
+    print(
+        f"  floor: bare UPDATE of {BATCH} known ids, same triggers: "
+        f"{rate(args.baseline_rows * 2, bare_s)}"
+    )
+    print(f"claim, one UPDATE per row (autocommit): {rate(args.baseline_rows, naive_claim_s)}")
+    print(f"  ratio: {claim_rate / naive_claim_rate:.1f}x (goal >= 50,000 rows/s)")
+    print(f"finalize, json_to_recordset per {BATCH}: {rate(done, finalize_s)}")
+    print(f"finalize, one UPDATE per row: {rate(len(baseline_claimed), naive_finalize_s)}")
+    print(f"  ratio: {finalize_rate / naive_finalize_rate:.1f}x (goal >= 30,000 rows/s)")
+    outcome = drain.outcome
+    other = drain.elapsed_s - drain.claim_s - outcome.lml_s - outcome.write_s
+    print(
+        f"backlog drain of {outcome.rows} rows ({outcome.lookups} distinct lookups, "
+        f"{outcome.lml_calls} LML calls, {drain.batches} batches): "
+        f"{drain.rows_per_s():,.0f} rows/s in {drain.elapsed_s:.2f} s; {outcome.outcome_counts()}"
+    )
+    print(
+        f"  time: claim {drain.claim_s:.2f} s, LML calls {outcome.lml_s:.2f} s, "
+        f"finalize {outcome.write_s:.2f} s, planning and the rest {other:.2f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

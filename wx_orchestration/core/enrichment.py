@@ -1,0 +1,357 @@
+"""Flowsheet enrichment rules (issue #5; DESIGN.md §3, §6). Pure: no I/O, no Dagster.
+
+One function per rule, in the order a row meets them: is it a candidate, what LML item it
+becomes, which bulk result is its answer, whether that answer is a verdict at all, which results
+can be trusted, and what a match or a no-match writes. The retry policy for rows that go back to
+`pending` is here too, so the fast path and the backlog back off alike.
+"""
+
+from __future__ import annotations
+
+import random
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
+
+from wx_orchestration.contracts.lml import (
+    Artwork,
+    BulkLookupResponse,
+    BulkLookupResult,
+    LookupItem,
+    LookupResponse,
+    LookupResult,
+)
+
+# The result columns shared by `flowsheet` and `album_metadata` (DESIGN.md §2), in table order.
+RESULT_COLUMNS = (
+    "artwork_url",
+    "discogs_url",
+    "spotify_url",
+    "apple_music_url",
+    "youtube_music_url",
+    "bandcamp_url",
+    "soundcloud_url",
+    "artist_wikipedia_url",
+    "release_year",
+    "artist_bio",
+)
+URL_COLUMNS = frozenset(RESULT_COLUMNS) - {"release_year", "artist_bio"}
+# Every URL column is varchar(512): one longer value would fail a whole set-based finalize.
+MAX_URL_CHARS = 512
+_SMALLINT_MAX = 32767
+# Discogs serves this 1x1 image when a release has no cover; listeners' apps need a real image
+# or nothing, so it is written as NULL.
+_SPACER_GIF = "spacer.gif"
+_SHED_STATUSES = frozenset({"shed_limiter_saturated", "shed_breaker_open"})
+_ALWAYS_TRUSTED = frozenset({"direct", "compilation"})
+
+IgnoreReason = Literal["not_insert", "not_track", "not_pending", "bad_id", "blank_artist"]
+VerdictKind = Literal["match", "no_match", "not_a_verdict", "error"]
+ComposerSource = Literal["discogs_track", "discogs_release", "artist_proxy"]
+TerminalStatus = Literal["enriched_match", "enriched_no_match"]
+
+
+# --- candidates and lookup items ------------------------------------------------------------
+
+
+def _text(value: object) -> str | None:
+    """The trimmed string, or None when missing, not a string, or blank."""
+    if not isinstance(value, str):
+        return None
+    return value.strip() or None
+
+
+@dataclass(frozen=True)
+class LookupKey:
+    """What LML is asked about a row; rows with equal keys share one lookup."""
+
+    artist: str
+    album: str | None
+    track: str | None
+
+    @classmethod
+    def of(cls, artist: object, album: object, track: object) -> LookupKey | None:
+        """None when the artist is blank: such a row is never sent to LML."""
+        name = _text(artist)
+        return None if name is None else cls(name, _text(album), _text(track))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    flowsheet_id: int
+    key: LookupKey
+
+
+def enrichment_candidate(action: str, row: Mapping[str, Any]) -> Candidate | IgnoreReason:
+    """A flowsheet event's row as an enrichment candidate, or why it is ignored.
+
+    `action` is the stream action; a CATCHUP row counts like an INSERT (the bridge read it as it
+    is now, so a row written while the listener was down still takes the fast path).
+    """
+    if action not in ("INSERT", "CATCHUP"):
+        return "not_insert"
+    if row.get("entry_type") != "track":
+        return "not_track"
+    if row.get("metadata_status") != "pending":
+        return "not_pending"
+    flowsheet_id = row.get("id")
+    if not isinstance(flowsheet_id, int) or isinstance(flowsheet_id, bool):
+        return "bad_id"
+    key = LookupKey.of(row.get("artist_name"), row.get("album_title"), row.get("track_title"))
+    if key is None:
+        return "blank_artist"
+    return Candidate(flowsheet_id, key)
+
+
+def lookup_item(key: LookupKey) -> LookupItem:
+    parts = [part for part in (key.artist, key.album, key.track) if part]
+    return LookupItem(
+        artist=key.artist,
+        album=key.album,
+        song=key.track,
+        raw_message=" - ".join(parts),
+        extended=True,
+    )
+
+
+def results_by_index(
+    response: BulkLookupResponse, item_count: int
+) -> list[BulkLookupResult | None]:
+    """The answer for each item sent, matched by `index`; None where LML gave none.
+
+    An index outside the items sent, or a second answer for an index, is not trusted.
+    """
+    answers: list[BulkLookupResult | None] = [None] * item_count
+    for result in response.results:
+        if 0 <= result.index < item_count and answers[result.index] is None:
+            answers[result.index] = result
+    return answers
+
+
+# --- verdicts --------------------------------------------------------------------------------
+
+
+def loose_title(text: str | None) -> str:
+    """Decomposed, accents dropped, lower-case, non-alphanumerics as single spaces."""
+    decomposed = unicodedata.normalize("NFKD", text or "")
+    kept = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).lower()
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in kept).split())
+
+
+def trusted_results(lookup: LookupResponse, requested_album: str | None) -> list[LookupResult]:
+    """The results whose artwork may be written for the row (the trust gate)."""
+    if lookup.search_type in _ALWAYS_TRUSTED:
+        return list(lookup.results)
+    if lookup.search_type == "song_as_artist" or not lookup.results:
+        return []
+    first = lookup.results[0]
+    wanted = loose_title(requested_album)
+    if first.library_item.id == 0 and wanted and loose_title(first.library_item.title) == wanted:
+        return [first]
+    return []
+
+
+def first_match(results: Sequence[LookupResult]) -> Artwork | None:
+    return next((result.artwork for result in results if result.artwork is not None), None)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`row_fault`: the error is this row's own (LML answered the call but not the item), as
+    opposed to the whole call failing; only row faults count towards parking."""
+
+    kind: VerdictKind
+    artwork: Artwork | None = None
+    reason: str | None = None
+    row_fault: bool = False
+
+
+def not_a_verdict_reason(result: BulkLookupResult, match: Artwork | None) -> str | None:
+    """Why an answer says nothing about the row (it goes back to `pending`), else None.
+
+    A shed or an unavailable upstream is LML's state, not the record's: writing it as
+    `enriched_no_match` once lost 26k rows for good (DESIGN.md §8).
+    """
+    if result.status in _SHED_STATUSES:
+        return result.status
+    lookup = result.lookup
+    if lookup is None:
+        return None
+    if lookup.degraded and lookup.degraded_reason == "upstream_unavailable":
+        return "degraded_upstream_unavailable"
+    if lookup.timeout and match is None:
+        return "timeout"
+    return None
+
+
+def verdict_for(result: BulkLookupResult | None, key: LookupKey) -> Verdict:
+    """One row's verdict from its bulk result (None: LML sent no result for its index)."""
+    if result is None:
+        return Verdict("error", reason="no result for the item's index", row_fault=True)
+    if result.status == "error":
+        reason = f"lml item error: {result.message or 'no message'}"
+        return Verdict("error", reason=reason, row_fault=True)
+    if result.lookup is None and result.status not in _SHED_STATUSES:
+        reason = f"lml answered {result.status} with a null lookup"
+        return Verdict("error", reason=reason, row_fault=True)
+    match = None
+    if result.lookup is not None:
+        match = first_match(trusted_results(result.lookup, key.album))
+    reason = not_a_verdict_reason(result, match)
+    if reason is not None:
+        return Verdict("not_a_verdict", reason=reason)
+    if match is not None:
+        return Verdict("match", artwork=match)
+    return Verdict("no_match")
+
+
+# --- finalize plans --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    """A row this process claimed (`pending` → `enriching`), as the claim returned it."""
+
+    flowsheet_id: int
+    enriching_since: datetime
+    album_id: int | None
+    artist_name: str | None
+    album_title: str | None
+    track_title: str | None
+    attempts: int = 0  # earlier failed attempts recorded for the row
+
+    @property
+    def key(self) -> LookupKey | None:
+        return LookupKey.of(self.artist_name, self.album_title, self.track_title)
+
+
+@dataclass(frozen=True)
+class FinalizePlan:
+    """What one claimed row's terminal write is.
+
+    `columns` go on the flowsheet row when it is unlinked, into `album_metadata` for `album_id`
+    when linked. `fill_only`: existing values win (no-match search URLs never replace a URL LML
+    gave earlier).
+    """
+
+    flowsheet_id: int
+    enriching_since: datetime
+    status: TerminalStatus
+    album_id: int | None
+    columns: Mapping[str, Any]
+    composer: str
+    composer_source: ComposerSource
+    fill_only: bool
+
+
+def _url(value: str | None) -> str | None:
+    text = _text(value)
+    return text if text is not None and len(text) <= MAX_URL_CHARS else None
+
+
+def _artwork_url(value: str | None) -> str | None:
+    url = _url(value)
+    if url is None or urlsplit(url).path.rsplit("/", 1)[-1].lower() == _SPACER_GIF:
+        return None
+    return url
+
+
+def _release_year(value: int | None) -> int | None:
+    return value if value is not None and 0 < value <= _SMALLINT_MAX else None
+
+
+def match_columns(artwork: Artwork) -> dict[str, Any]:
+    """The 10 result columns of a match, from LML's artwork."""
+    return {
+        "artwork_url": _artwork_url(artwork.artwork_url),
+        "discogs_url": _url(artwork.release_url),
+        "spotify_url": _url(artwork.spotify_url),
+        "apple_music_url": _url(artwork.apple_music_url),
+        "youtube_music_url": _url(artwork.youtube_music_url),
+        "bandcamp_url": _url(artwork.bandcamp_url),
+        "soundcloud_url": _url(artwork.soundcloud_url),
+        "artist_wikipedia_url": _url(artwork.wikipedia_url),
+        "release_year": _release_year(artwork.release_year),
+        "artist_bio": _text(artwork.artist_bio),
+    }
+
+
+def _search(template: str, *parts: str | None) -> str | None:
+    query = " ".join(part for part in parts if part)
+    return _url(template + quote(query, safe=""))
+
+
+def search_columns(key: LookupKey) -> dict[str, Any]:
+    """The no-match search URLs; Apple Music has no search link (its URL comes only from LML)."""
+    song_or_album = key.track or key.album
+    return {
+        "spotify_url": _search("https://open.spotify.com/search/", key.artist, song_or_album),
+        "youtube_music_url": _search(
+            "https://music.youtube.com/search?q=", key.artist, song_or_album
+        ),
+        "bandcamp_url": _search("https://bandcamp.com/search?q=", key.artist, key.album),
+        "soundcloud_url": _search("https://soundcloud.com/search?q=", key.artist, key.track),
+    }
+
+
+def composer_credit(artwork: Artwork | None, artist: str) -> tuple[str, ComposerSource]:
+    credits = artwork.writer_credits if artwork is not None else None
+    if credits is not None:
+        names = [name.strip() for name in credits.names if name.strip()]
+        if names:
+            source: ComposerSource = (
+                "discogs_track" if credits.provenance == "track" else "discogs_release"
+            )
+            return "; ".join(names), source
+    return artist, "artist_proxy"
+
+
+def finalize_plan(row: ClaimedRow, key: LookupKey, verdict: Verdict) -> FinalizePlan:
+    """The terminal write for a `match` or `no_match` verdict."""
+    if verdict.kind == "match" and verdict.artwork is not None:
+        status: TerminalStatus = "enriched_match"
+        columns, fill_only = match_columns(verdict.artwork), False
+    elif verdict.kind == "no_match":
+        status, columns, fill_only = "enriched_no_match", search_columns(key), True
+    else:
+        raise ValueError(f"a {verdict.kind} verdict has no terminal write")
+    composer, source = composer_credit(verdict.artwork, key.artist)
+    return FinalizePlan(
+        flowsheet_id=row.flowsheet_id,
+        enriching_since=row.enriching_since,
+        status=status,
+        album_id=row.album_id,
+        columns=columns,
+        composer=composer,
+        composer_source=source,
+        fill_only=fill_only,
+    )
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for rows that go back to `pending`, and when a row is parked for a person.
+
+    Only the row's own failures (`Verdict.row_fault`) count towards parking: a shed, degraded or
+    unreachable LML says nothing about the row, so an outage of any length parks nothing.
+    """
+
+    base_s: float = 60.0
+    cap_s: float = 6 * 3600.0
+    max_attempts: int = 5
+
+    def delay_s(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Seconds before the `attempt`-th retry (1-based): full jitter, then the cap."""
+        # Beyond 2**64 the product exceeds any cap; clamping keeps the float finite.
+        exponent = min(max(attempt, 1) - 1, 64)
+        return min(self.cap_s, rng() * self.base_s * 2.0**exponent)
+
+    def parks(self, attempts: int, row_fault: bool) -> bool:
+        """Whether a row failing for the `attempts`-th time is parked instead of retried."""
+        return row_fault and attempts >= self.max_attempts

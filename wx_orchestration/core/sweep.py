@@ -1,0 +1,66 @@
+"""Stale-sweep policy (issue #6). Pure: no I/O, no Dagster.
+
+A claim older than the lease is presumed abandoned (its worker died or hung) and goes back to
+`pending`, counted as a failed attempt; at `max_attempts` the row is parked (`failed_no_retry`)
+with its reason. The lease must outlast the longest LML call a worker may be waiting on, or
+healthy claims would be taken from under their workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LEASE_MARGIN_S = 10.0
+# Age buckets for pending rows the fast path missed: (label, upper bound in seconds).
+AGE_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("under_10m", 600),
+    ("10m_to_1h", 3600),
+    ("1h_to_1d", 86_400),
+    ("1d_to_7d", 7 * 86_400),
+    ("over_7d", float("inf")),
+)
+
+
+class LeaseTooShort(ValueError):
+    pass
+
+
+def check_lease(lease_s: float, lml_timeout_s: float, margin_s: float = LEASE_MARGIN_S) -> None:
+    """Refuse a lease that a slow but healthy LML call could outlive."""
+    if lease_s <= lml_timeout_s + margin_s:
+        raise LeaseTooShort(
+            f"lease_s={lease_s:g} must be longer than the LML timeout ({lml_timeout_s:g}s) plus "
+            f"a {margin_s:g}s margin; otherwise the sweep resets claims whose lookup is still "
+            "in flight"
+        )
+
+
+def expired_claim_reason(lease_s: float, attempt: int) -> str:
+    return f"claim expired: still enriching after the {lease_s:g}s lease (attempt {attempt})"
+
+
+def age_bucket(age_s: float) -> str:
+    for label, upper in AGE_BUCKETS:
+        if age_s < upper:
+            return label
+    return AGE_BUCKETS[-1][0]
+
+
+@dataclass
+class SweepReport:
+    reset: int = 0
+    parked: int = 0
+    raced: int = 0  # finalized (or reset) by someone else between our read and our write
+    missed: int = 0
+    missed_by_age: dict[str, int] | None = None
+    oldest_pending_age_s: float | None = None
+
+    def as_metadata(self) -> dict[str, object]:
+        return {
+            "reset": self.reset,
+            "parked": self.parked,
+            "raced": self.raced,
+            "missed": self.missed,
+            "missed_by_age": self.missed_by_age or {},
+            "oldest_pending_age_s": self.oldest_pending_age_s,
+        }

@@ -1,0 +1,274 @@
+"""SQL for flowsheet enrichment: claim, finalize, release, and the backlog's day finder.
+
+Statements name tables unqualified and rely on the connection's `search_path` being the station
+schema, then `wx_orchestration` (`PostgresResource.connection` sets it; so do the sidecar and the
+tests), exactly as `db/identity.py` does; our own table is always written schema-qualified.
+
+Transactions: every `flowsheet` write takes the station's watermark row lock until commit, so
+DJs' inserts wait on whatever transaction holds it (DESIGN.md §2). Claims are single statements
+meant for an autocommit connection (committed at once). `finalize_rows` and `release_rows` issue
+plain statements: the caller wraps them in one short `conn.transaction()` *after* the LML call.
+
+Every claim repeats the whole predicate of the pending partial index, adds `btrim(artist_name,
+<all whitespace>) <> ''` and skips rows still in retry backoff. A whitespace-only artist is thus
+never claimed, so never sent to LML: it stays `pending` (the stale sweep reports such rows) and
+is enriched normally once someone corrects the name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, LiteralString
+
+import psycopg
+
+from wx_orchestration.core.enrichment import RESULT_COLUMNS, ClaimedRow, FinalizePlan
+
+# Every character Python's str.strip() removes, so SQL and `core.enrichment` agree on what a
+# blank artist is (plain btrim() strips only spaces; a tab-only name would reach LML).
+_WHITESPACE = (
+    r"U&'\0009\000A\000B\000C\000D\001C\001D\001E\001F\0020\0085\00A0\1680\2000\2001"
+    r"\2002\2003\2004\2005\2006\2007\2008\2009\200A\2028\2029\202F\205F\3000'"
+)
+_PENDING_PREDICATE = """f.entry_type = 'track' AND f.artist_name IS NOT NULL
+  AND f.metadata_status = 'pending'"""
+_CLAIMABLE = f"""{_PENDING_PREDICATE}
+  AND btrim(f.artist_name, {_WHITESPACE}) <> ''
+  AND NOT EXISTS (
+      SELECT 1 FROM wx_orchestration.enrichment_attempts AS a
+      WHERE a.flowsheet_id = f.id AND a.next_attempt_at > now())"""
+_RETURNING = """RETURNING f.id, f.enriching_since, f.album_id, f.artist_name, f.album_title,
+    f.track_title,
+    COALESCE((SELECT a.attempts FROM wx_orchestration.enrichment_attempts AS a
+              WHERE a.flowsheet_id = f.id), 0)"""
+
+_CLAIM_BY_IDS = f"""
+UPDATE flowsheet AS f
+SET metadata_status = 'enriching', enriching_since = now()
+WHERE f.id = ANY(%(ids)s) AND {_CLAIMABLE}
+{_RETURNING}
+"""
+
+# The batch is picked in a MATERIALIZED CTE: `WHERE id IN (SELECT … LIMIT n)` may be re-run by
+# the planner and claim far more than n rows (DESIGN.md §6).
+_CLAIM_BATCH = f"""
+WITH picked AS MATERIALIZED (
+    SELECT f.id FROM flowsheet AS f
+    WHERE {_CLAIMABLE}
+      AND f.add_time >= %(start)s AND f.add_time < %(end)s
+      AND f.add_time < now() - make_interval(secs => %(grace_s)s)
+    ORDER BY f.id DESC
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE flowsheet AS f
+SET metadata_status = 'enriching', enriching_since = now()
+FROM picked
+WHERE f.id = picked.id
+{_RETURNING}
+"""
+
+
+def _claimed(rows: list[tuple[Any, ...]]) -> list[ClaimedRow]:
+    return [ClaimedRow(*row) for row in rows]
+
+
+def claim_rows_by_ids(conn: psycopg.Connection, ids: Sequence[int]) -> list[ClaimedRow]:
+    """Claim those of `ids` that are still claimable, in one conditional UPDATE."""
+    if not ids:
+        return []
+    return _claimed(conn.execute(_CLAIM_BY_IDS, {"ids": list(ids)}).fetchall())
+
+
+def claim_backlog_batch(
+    conn: psycopg.Connection,
+    *,
+    start: datetime,
+    end: datetime,
+    grace_s: float,
+    limit: int,
+) -> list[ClaimedRow]:
+    """Claim up to `limit` claimable rows added in [start, end) and at least `grace_s` ago,
+    newest id first, skipping rows another claimer holds."""
+    params = {"start": start, "end": end, "grace_s": grace_s, "limit": limit}
+    return _claimed(conn.execute(_CLAIM_BATCH, params).fetchall())
+
+
+def _recordset_columns() -> LiteralString:
+    return ", ".join(
+        f"{name} {'smallint' if name == 'release_year' else 'text'}" for name in RESULT_COLUMNS
+    )
+
+
+def _flowsheet_column(name: LiteralString) -> LiteralString:
+    # Linked rows keep their own columns (results go to album_metadata); a no-match only fills.
+    return (
+        f"{name} = CASE WHEN v.album_id IS NOT NULL THEN f.{name} "
+        f"WHEN v.fill_only THEN COALESCE(f.{name}, v.{name}) ELSE v.{name} END"
+    )
+
+
+# The guard (still `enriching`, same claim time) is what makes a raced row a no-op.
+_FINALIZE = f"""
+UPDATE flowsheet AS f
+SET metadata_status = v.status::metadata_status_enum,
+    enriching_since = NULL,
+    composer = v.composer,
+    composer_source = v.composer_source,
+    {", ".join(_flowsheet_column(name) for name in RESULT_COLUMNS)}
+FROM json_to_recordset(%s::json) AS v(
+    id int, enriching_since timestamptz, status text, album_id int, fill_only boolean,
+    composer text, composer_source text, {_recordset_columns()})
+WHERE f.id = v.id AND f.metadata_status = 'enriching' AND f.enriching_since = v.enriching_since
+RETURNING f.id
+"""
+
+
+def _album_upsert(fill_only: bool) -> LiteralString:
+    # Fill: an existing value (an earlier LML URL) wins over a no-match's search link.
+    template = "{0} = COALESCE(am.{0}, EXCLUDED.{0})" if fill_only else "{0} = EXCLUDED.{0}"
+    sets = ", ".join(template.format(name) for name in RESULT_COLUMNS)
+    columns = ", ".join(RESULT_COLUMNS)
+    return f"""
+INSERT INTO album_metadata AS am (album_id, {columns}, updated_at)
+SELECT v.album_id, {", ".join(f"v.{name}" for name in RESULT_COLUMNS)}, now()
+FROM json_to_recordset(%s::json) AS v(album_id int, {_recordset_columns()})
+ON CONFLICT (album_id) DO UPDATE SET {sets}, updated_at = EXCLUDED.updated_at
+"""
+
+
+_ALBUM_REPLACE = _album_upsert(fill_only=False)
+_ALBUM_FILL = _album_upsert(fill_only=True)
+_FORGET_ATTEMPTS = "DELETE FROM wx_orchestration.enrichment_attempts WHERE flowsheet_id = ANY(%s)"
+
+
+def _json(value: object) -> str:
+    # Claim times travel as ISO text with microseconds and offset: equal on the way back.
+    return json.dumps(value, default=datetime.isoformat)
+
+
+def finalize_rows(conn: psycopg.Connection, plans: Sequence[FinalizePlan]) -> set[int]:
+    """Write terminal verdicts; returns the ids written. The rest raced (swept or finalized
+    by someone else since the claim) and were not touched. Run inside the caller's transaction.
+    """
+    if not plans:
+        return set()
+    records = [
+        {
+            "id": p.flowsheet_id,
+            "enriching_since": p.enriching_since,
+            "status": p.status,
+            "album_id": p.album_id,
+            "fill_only": p.fill_only,
+            "composer": p.composer,
+            "composer_source": p.composer_source,
+            **p.columns,
+        }
+        for p in plans
+    ]
+    written = {row[0] for row in conn.execute(_FINALIZE, (_json(records),)).fetchall()}
+    # One album_metadata row per album: ON CONFLICT may not touch a row twice in a statement,
+    # and a match for the album beats a no-match's search links.
+    albums: dict[int, FinalizePlan] = {}
+    for plan in plans:
+        if plan.album_id is None or plan.flowsheet_id not in written:
+            continue
+        held = albums.get(plan.album_id)
+        if held is None or (held.fill_only and not plan.fill_only):
+            albums[plan.album_id] = plan
+    replace = [{"album_id": a, **p.columns} for a, p in albums.items() if not p.fill_only]
+    fill = [{"album_id": a, **p.columns} for a, p in albums.items() if p.fill_only]
+    if replace:
+        conn.execute(_ALBUM_REPLACE, (_json(replace),))
+    if fill:
+        conn.execute(_ALBUM_FILL, (_json(fill),))
+    if written:
+        conn.execute(_FORGET_ATTEMPTS, (list(written),))
+    return written
+
+
+@dataclass(frozen=True)
+class Release:
+    """A claimed row going back to `pending` after `delay_s`, or parked (`failed_no_retry`)."""
+
+    flowsheet_id: int
+    enriching_since: datetime
+    error: str
+    delay_s: float
+    park: bool = False
+
+
+_RELEASE = """
+WITH released AS (
+    UPDATE flowsheet AS f
+    SET metadata_status = (CASE WHEN v.park THEN 'failed_no_retry' ELSE 'pending' END)
+            ::metadata_status_enum,
+        enriching_since = NULL
+    FROM json_to_recordset(%s::json) AS v(
+        id int, enriching_since timestamptz, error text, delay_s float8, park boolean)
+    WHERE f.id = v.id AND f.metadata_status = 'enriching'
+      AND f.enriching_since = v.enriching_since
+    RETURNING f.id, v.error, v.delay_s, v.park
+)
+INSERT INTO wx_orchestration.enrichment_attempts AS a
+    (flowsheet_id, attempts, last_error, last_attempt_at, next_attempt_at, parked_reason)
+SELECT id, 1, error, now(), now() + make_interval(secs => delay_s),
+       CASE WHEN park THEN error END
+FROM released
+ON CONFLICT (flowsheet_id) DO UPDATE SET
+    attempts = a.attempts + 1,
+    last_error = EXCLUDED.last_error,
+    last_attempt_at = EXCLUDED.last_attempt_at,
+    next_attempt_at = EXCLUDED.next_attempt_at,
+    parked_reason = EXCLUDED.parked_reason
+RETURNING flowsheet_id
+"""
+
+
+def release_rows(conn: psycopg.Connection, releases: Sequence[Release]) -> set[int]:
+    """Return claimed rows to `pending` (or park them), recording the attempt; guarded like
+    `finalize_rows`. Returns the ids released. Run inside the caller's transaction."""
+    if not releases:
+        return set()
+    records = [
+        {
+            "id": r.flowsheet_id,
+            "enriching_since": r.enriching_since,
+            "error": r.error,
+            "delay_s": r.delay_s,
+            "park": r.park,
+        }
+        for r in releases
+    ]
+    return {row[0] for row in conn.execute(_RELEASE, (_json(records),)).fetchall()}
+
+
+@dataclass(frozen=True)
+class PendingDay:
+    day: date
+    rows: int
+    max_id: int
+
+
+# Walks the pending partial index (the whole predicate is repeated), so its cost follows the
+# size of the backlog, not of the flowsheet.
+_PENDING_DAYS = f"""
+SELECT (f.add_time AT TIME ZONE %(tz)s)::date AS day, count(*), max(f.id)
+FROM flowsheet AS f
+WHERE {_CLAIMABLE}
+  AND f.add_time < now() - make_interval(secs => %(grace_s)s)
+GROUP BY day
+ORDER BY day DESC
+LIMIT %(limit)s
+"""
+
+
+def pending_days(
+    conn: psycopg.Connection, *, tz: str, grace_s: float, limit: int
+) -> list[PendingDay]:
+    """The newest `limit` days (in `tz`) holding claimable rows added at least `grace_s` ago."""
+    rows = conn.execute(_PENDING_DAYS, {"tz": tz, "grace_s": grace_s, "limit": limit}).fetchall()
+    return [PendingDay(*row) for row in rows]

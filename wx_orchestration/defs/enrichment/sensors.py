@@ -1,0 +1,102 @@
+"""`enrichment_backlog_sensor`: launch a backlog run for each day that still has pending rows.
+
+Each tick runs one aggregate over the pending partial index (bounded by a statement timeout, so a
+tick never blocks), takes the newest days whose claimable rows are older than the grace period,
+and requests at most a few runs. The JSON cursor remembers, per recently requested day, the
+highest pending id seen and when: a day is requested again only when newer rows appeared or
+after a cooldown (its run may have stopped on its time budget, or rows came out of backoff).
+Run keys are `day + tick generation`, so re-evaluating a tick whose cursor was not saved
+requests nothing twice.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Self
+
+import dagster as dg
+
+from wx_orchestration.db.enrichment import pending_days
+from wx_orchestration.defs.enrichment.jobs import enrichment_backlog_job
+from wx_orchestration.defs.enrichment.partitions import FLOWSHEET_DAYS, STATION_TIMEZONE
+from wx_orchestration.defs.resources import PostgresResource
+
+GRACE_PERIOD_S = 120.0
+MAX_RUNS_PER_TICK = 3
+REQUEST_COOLDOWN_S = 15 * 60.0
+# Days looked at per tick: enough to find MAX_RUNS_PER_TICK not cooling down.
+DAYS_SCANNED = 20
+
+
+@dataclass
+class BacklogCursor:
+    generation: int = 0
+    # day → (highest pending id when requested, epoch seconds of the request)
+    requested: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> Self:
+        try:
+            data = json.loads(raw or "{}")
+            return cls(
+                int(data.get("g", 0)),
+                {day: (int(v[0]), float(v[1])) for day, v in data.get("days", {}).items()},
+            )
+        except (ValueError, TypeError, AttributeError, IndexError):
+            # An unreadable cursor costs at most one round of repeated requests.
+            return cls()
+
+    def dump(self, now: float) -> str:
+        recent = {day: v for day, v in self.requested.items() if now - v[1] < REQUEST_COOLDOWN_S}
+        return json.dumps({"g": self.generation, "days": recent}, separators=(",", ":"))
+
+    def due(self, day: str, max_id: int, now: float) -> bool:
+        seen = self.requested.get(day)
+        return seen is None or max_id > seen[0] or now - seen[1] >= REQUEST_COOLDOWN_S
+
+
+@dg.sensor(
+    job=enrichment_backlog_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Requests enrichment_backlog_job for the newest days with pending track rows older "
+        f"than {GRACE_PERIOD_S:.0f} s (the fast path goes first), at most "
+        f"{MAX_RUNS_PER_TICK} per tick."
+    ),
+)
+def enrichment_backlog_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource
+) -> dg.SensorResult | dg.SkipReason:
+    cursor = BacklogCursor.parse(context.cursor)
+    now = time.time()
+    first_day = FLOWSHEET_DAYS.start.date()
+    with postgres.connection() as conn:
+        # Never let a tick hang on a huge backlog or a lock: the next tick tries again.
+        conn.execute("SET LOCAL statement_timeout = '10s'")
+        days = pending_days(conn, tz=STATION_TIMEZONE, grace_s=GRACE_PERIOD_S, limit=DAYS_SCANNED)
+    if not days:
+        return dg.SkipReason(f"no pending track rows older than {GRACE_PERIOD_S:.0f} s")
+
+    requests: list[dg.RunRequest] = []
+    for pending in days:
+        day = pending.day.isoformat()
+        if pending.day < first_day:
+            context.log.warning(f"{pending.rows} pending rows on {day}, before the first partition")
+            continue
+        if not cursor.due(day, pending.max_id, now):
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"enrichment-{day}-g{cursor.generation}",
+                partition_key=day,
+                tags={"wx/pending_rows": str(pending.rows)},
+            )
+        )
+        cursor.requested[day] = (pending.max_id, now)
+        if len(requests) == MAX_RUNS_PER_TICK:
+            break
+    if not requests:
+        return dg.SkipReason(f"{len(days)} day(s) with pending rows, all requested recently")
+    cursor.generation += 1
+    return dg.SensorResult(run_requests=requests, cursor=cursor.dump(now))

@@ -1,0 +1,161 @@
+"""Asset checks: nothing stuck silently (issue #6). README's runbook says what to do for each."""
+
+import dagster as dg
+
+from wx_orchestration.clients.redis_client import stream_groups
+from wx_orchestration.contracts.cdc import CDC_STREAM
+from wx_orchestration.db.sweeps import stranded_claims as count_stranded_claims
+from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
+from wx_orchestration.defs.resources import PostgresResource, RedisResource
+from wx_orchestration.defs.sweeps.jobs import FLOWSHEET_ENRICHMENT, StaleSweepConfig
+from wx_orchestration.settings import Settings
+
+PENDING_WARN_S = 600
+PENDING_ERROR_S = 3600
+STREAM_LAG_WARN = 1000
+DEAD_LETTER_CURSOR_KEY = "wx:checks:dead_letters:last_id"
+
+_OLDEST_PENDING_TODAY = """
+SELECT count(*), extract(epoch FROM now() - min(f.add_time))
+FROM flowsheet AS f
+WHERE f.entry_type = 'track' AND f.artist_name IS NOT NULL AND f.metadata_status = 'pending'
+  AND btrim(f.artist_name) <> ''
+  AND f.add_time > now() - interval '1 day'
+"""
+
+_FRESHNESS = """
+WITH inserted AS (
+    SELECT flowsheet_id, min(coalesce(cdc_timestamp, bridged_at)) AS at
+    FROM wx_orchestration.flowsheet_events
+    WHERE action IN ('INSERT', 'CATCHUP') AND metadata_status = 'pending'
+      AND logged_at > now() - interval '1 hour'
+    GROUP BY flowsheet_id
+), finished AS (
+    SELECT e.flowsheet_id, min(coalesce(e.cdc_timestamp, e.bridged_at)) AS at
+    FROM wx_orchestration.flowsheet_events AS e
+    JOIN inserted USING (flowsheet_id)
+    WHERE e.metadata_status IN ('enriched_match', 'enriched_no_match', 'failed_no_retry')
+    GROUP BY e.flowsheet_id
+)
+SELECT count(*),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM f.at - i.at)),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM f.at - i.at))
+FROM inserted AS i JOIN finished AS f USING (flowsheet_id)
+"""
+
+_NEW_DEAD_LETTERS = """
+SELECT coalesce(max(id), %(after)s), count(*),
+       coalesce(jsonb_agg(DISTINCT left(reason, 120)) FILTER (WHERE reason IS NOT NULL), '[]')
+FROM wx_orchestration.dead_letters WHERE id > %(after)s
+"""
+
+
+@dg.asset_check(
+    asset=FLOWSHEET_ENRICHMENT,
+    description="Oldest pending track row from the last day: warn > 10 min, error > 1 h.",
+)
+def oldest_pending_age(postgres: PostgresResource) -> dg.AssetCheckResult:
+    with postgres.connection() as conn:
+        row = conn.execute(_OLDEST_PENDING_TODAY).fetchone()
+    pending, age = (int(row[0]), float(row[1] or 0)) if row else (0, 0.0)
+    severity = dg.AssetCheckSeverity.ERROR if age > PENDING_ERROR_S else dg.AssetCheckSeverity.WARN
+    return dg.AssetCheckResult(
+        passed=age <= PENDING_WARN_S,
+        severity=severity,
+        metadata={"pending_rows_last_day": pending, "oldest_pending_age_s": round(age, 1)},
+    )
+
+
+@dg.asset_check(
+    asset=FLOWSHEET_ENRICHMENT,
+    description="Claims older than the sweep's lease: 0 after a sweep, else it is not running.",
+)
+def stranded_claims(postgres: PostgresResource) -> dg.AssetCheckResult:
+    lease_s = StaleSweepConfig().lease_s
+    with postgres.connection() as conn:
+        stranded = count_stranded_claims(conn, lease_s=lease_s)
+    return dg.AssetCheckResult(
+        passed=stranded == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"stranded_claims": stranded, "lease_s": lease_s},
+    )
+
+
+@dg.asset_check(
+    asset=FLOWSHEET_ENRICHMENT,
+    description="p50/p95 of INSERT → terminal status over the last hour, from the event log.",
+)
+def enrichment_freshness(postgres: PostgresResource) -> dg.AssetCheckResult:
+    target = Settings.from_env().freshness_target_s
+    with postgres.connection() as conn:
+        row = conn.execute(_FRESHNESS).fetchone()
+    rows, p50, p95 = (int(row[0]), row[1], row[2]) if row else (0, None, None)
+    return dg.AssetCheckResult(
+        passed=p95 is None or float(p95) <= target,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "rows_last_hour": rows,
+            "p50_s": round(float(p50), 3) if p50 is not None else None,
+            "p95_s": round(float(p95), 3) if p95 is not None else None,
+            "target_p95_s": target,
+        },
+    )
+
+
+@dg.asset_check(
+    asset=WX_CDC_STREAM_KEY,
+    description="Dead letters written since this check last ran (warn on any).",
+)
+def dead_letters(postgres: PostgresResource, redis: RedisResource) -> dg.AssetCheckResult:
+    client = redis.get_client()
+    after = int(client.get(DEAD_LETTER_CURSOR_KEY) or 0)  # type: ignore[arg-type]
+    with postgres.connection() as conn:
+        row = conn.execute(_NEW_DEAD_LETTERS, {"after": after}).fetchone()
+    assert row is not None
+    last_id, new, reasons = int(row[0]), int(row[1]), row[2]
+    client.set(DEAD_LETTER_CURSOR_KEY, last_id)
+    return dg.AssetCheckResult(
+        passed=new == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"new_dead_letters": new, "reasons": dg.MetadataValue.json(reasons)},
+    )
+
+
+@dg.asset_check(
+    asset=WX_CDC_STREAM_KEY,
+    description=f"Entries each consumer group of {CDC_STREAM} has yet to read (warn above 1000).",
+)
+def stream_lag(redis: RedisResource) -> dg.AssetCheckResult:
+    length, groups = stream_groups(redis.get_client(), CDC_STREAM)
+    lags = {g.name: g.lag for g in groups}
+    behind = [name for name, lag in lags.items() if lag is None or lag > STREAM_LAG_WARN]
+    return dg.AssetCheckResult(
+        passed=length is not None and bool(groups) and not behind,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "stream_exists": length is not None,
+            "lag": dg.MetadataValue.json(lags),
+            "pending": dg.MetadataValue.json({g.name: g.pending for g in groups}),
+        },
+    )
+
+
+HEALTH_CHECKS = [
+    oldest_pending_age,
+    stranded_claims,
+    enrichment_freshness,
+    dead_letters,
+    stream_lag,
+]
+
+health_checks_job = dg.define_asset_job(
+    "health_checks_job",
+    selection=dg.AssetSelection.checks(*HEALTH_CHECKS),
+    description="Evaluate the health checks (also scheduled every 5 minutes).",
+)
+
+health_checks_schedule = dg.ScheduleDefinition(
+    job=health_checks_job,
+    cron_schedule="*/5 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

@@ -1,0 +1,10 @@
+import dagster as dg
+
+from wx_orchestration.defs.sweeps.jobs import stale_sweep_job
+
+stale_sweep_schedule = dg.ScheduleDefinition(
+    job=stale_sweep_job,
+    cron_schedule="* * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every minute: stranded claims back to work, missed rows counted.",
+)

@@ -1,0 +1,1 @@
+"""I/O orchestration shared by the sidecar and Dagster: no Dagster imports here."""

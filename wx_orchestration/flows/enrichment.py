@@ -1,0 +1,321 @@
+"""Enrichment of claimed rows: look up → verdict → finalize, shared by both paths.
+
+The sidecar's fast path claims the rows of INSERT events (`db.enrichment.claim_rows_by_ids`) and
+the Dagster backlog claims batches per day (`drain_backlog`); both hand the claimed rows to
+`enrich_claimed`. No Dagster here: the sidecar imports this module.
+
+Transactions: the claim is committed before LML is called, and the verdicts are written in one
+new short transaction afterwards, so no transaction that wrote `flowsheet` is ever open across an
+LML call (DESIGN.md §2). Hence `conn` must be in autocommit mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+import psycopg
+
+from wx_orchestration.clients.lml import LmlCallRecorder, LmlError
+from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS, BulkLookupResponse, LookupItem
+from wx_orchestration.core.enrichment import (
+    ClaimedRow,
+    FinalizePlan,
+    LookupKey,
+    RetryPolicy,
+    Verdict,
+    finalize_plan,
+    lookup_item,
+    results_by_index,
+    verdict_for,
+)
+from wx_orchestration.db.enrichment import Release, claim_backlog_batch, finalize_rows, release_rows
+
+log = logging.getLogger("wx_orchestration.enrichment")
+
+BLANK_ARTIST = "blank artist: never sent to LML"
+
+
+class BulkLookup(Protocol):
+    """`LmlClient` or `LmlResource`."""
+
+    def lookup_bulk(
+        self,
+        items: Sequence[LookupItem | Mapping[str, Any]],
+        *,
+        stats: LmlCallRecorder | None = None,
+    ) -> BulkLookupResponse: ...
+
+
+# Wraps every `lookup_bulk` call: `hook(call, items)` must call `call()` once (or raise) and
+# return its answer. The shared LML budget plugs in here.
+LmlCallHook = Callable[[Callable[[], BulkLookupResponse], int], BulkLookupResponse]
+
+
+def _direct(call: Callable[[], BulkLookupResponse], _items: int) -> BulkLookupResponse:
+    return call()
+
+
+@dataclass
+class EnrichmentOutcome:
+    """Counts for claimed rows; `rows` always equals the sum of the five outcome buckets."""
+
+    rows: int = 0
+    match: int = 0
+    no_match: int = 0
+    not_a_verdict: int = 0
+    error: int = 0
+    raced: int = 0
+    parked: int = 0  # of `error`: rows moved to failed_no_retry
+    lookups: int = 0  # distinct (artist, album, track) items sent to LML
+    cache_hits: int = 0
+    lml_calls: int = 0
+    lml_failed: bool = False  # a whole lookup_bulk call failed
+    lml_s: float = 0.0
+    write_s: float = 0.0
+
+    def add(self, other: EnrichmentOutcome) -> None:
+        for name in _SUMMED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.lml_failed = self.lml_failed or other.lml_failed
+
+    def outcome_counts(self) -> dict[str, int]:
+        return {
+            "match": self.match,
+            "no_match": self.no_match,
+            "not_a_verdict": self.not_a_verdict,
+            "error": self.error,
+            "raced": self.raced,
+        }
+
+    def balanced(self) -> bool:
+        return self.rows == sum(self.outcome_counts().values())
+
+
+_SUMMED = (
+    "rows",
+    "match",
+    "no_match",
+    "not_a_verdict",
+    "error",
+    "raced",
+    "parked",
+    "lookups",
+    "cache_hits",
+    "lml_calls",
+    "lml_s",
+    "write_s",
+)
+
+
+class VerdictCache:
+    """Terminal verdicts by lookup key, so a run asks LML about each (artist, album, track)
+    once. Bounded: a multi-year backfill must not grow it without limit."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self.max_entries = max_entries
+        self._verdicts: dict[LookupKey, Verdict] = {}
+
+    def get(self, key: LookupKey) -> Verdict | None:
+        return self._verdicts.get(key)
+
+    def put(self, key: LookupKey, verdict: Verdict) -> None:
+        if verdict.kind not in ("match", "no_match"):
+            return
+        if len(self._verdicts) >= self.max_entries:
+            # Oldest first: dicts keep insertion order.
+            del self._verdicts[next(iter(self._verdicts))]
+        self._verdicts[key] = verdict
+
+
+def _look_up(
+    lml: BulkLookup,
+    keys: Sequence[LookupKey],
+    hook: LmlCallHook,
+    stats: LmlCallRecorder | None,
+    outcome: EnrichmentOutcome,
+) -> tuple[dict[LookupKey, Verdict], LmlError | None]:
+    """Verdicts for `keys`, up to 100 per call. After a failed call the remaining keys are not
+    sent (LML is unwell; the client already retried) and get that call's error too."""
+    verdicts: dict[LookupKey, Verdict] = {}
+    failure: LmlError | None = None
+    for first in range(0, len(keys), MAX_LOOKUP_BULK_ITEMS):
+        chunk = keys[first : first + MAX_LOOKUP_BULK_ITEMS]
+        if failure is None:
+            items = [lookup_item(key) for key in chunk]
+            started = time.perf_counter()
+            try:
+                response = hook(lambda items=items: lml.lookup_bulk(items, stats=stats), len(items))
+            except LmlError as exc:
+                failure = exc
+                outcome.lml_failed = True
+            else:
+                outcome.lookups += len(chunk)
+                for key, result in zip(chunk, results_by_index(response, len(chunk)), strict=True):
+                    verdicts[key] = verdict_for(result, key)
+            finally:
+                outcome.lml_calls += 1
+                outcome.lml_s += time.perf_counter() - started
+        if failure is not None:
+            # Kind and status only: the message can quote whatever the server sent.
+            reason = f"lml call failed ({failure.kind}, status {failure.status})"
+            verdicts.update((key, Verdict("error", reason=reason)) for key in chunk)
+    return verdicts, failure
+
+
+def enrich_claimed(
+    conn: psycopg.Connection,
+    lml: BulkLookup,
+    claimed: Sequence[ClaimedRow],
+    *,
+    around_call: LmlCallHook | None = None,
+    policy: RetryPolicy | None = None,
+    cache: VerdictCache | None = None,
+    stats: LmlCallRecorder | None = None,
+    rng: Callable[[], float] = random.random,
+) -> EnrichmentOutcome:
+    """Look up claimed rows (each distinct key once), then finalize or release every one of
+    them in one short transaction. Raises `LmlError` of kind `auth` after releasing the rows,
+    since no later call can succeed either."""
+    if not conn.autocommit:
+        raise ValueError("enrich_claimed needs an autocommit connection")
+    policy = policy or RetryPolicy()
+    outcome = EnrichmentOutcome(rows=len(claimed))
+    keys = {row.flowsheet_id: row.key for row in claimed}
+    verdicts: dict[LookupKey, Verdict] = {}
+    wanted: list[LookupKey] = []
+    for key in dict.fromkeys(key for key in keys.values() if key is not None):
+        known = cache.get(key) if cache is not None else None
+        if known is None:
+            wanted.append(key)
+        else:
+            verdicts[key] = known
+            outcome.cache_hits += 1
+    failure = None
+    if wanted:
+        looked_up, failure = _look_up(lml, wanted, around_call or _direct, stats, outcome)
+        verdicts.update(looked_up)
+        if cache is not None:
+            for key, verdict in looked_up.items():
+                cache.put(key, verdict)
+
+    plans: list[FinalizePlan] = []
+    releases: list[tuple[Release, Verdict]] = []
+    for row in claimed:
+        key = keys[row.flowsheet_id]
+        # Our claims never take a blank artist; a claim made elsewhere might.
+        verdict = verdicts[key] if key is not None else Verdict("error", reason=BLANK_ARTIST)
+        if key is not None and verdict.kind in ("match", "no_match"):
+            plans.append(finalize_plan(row, key, verdict))
+            continue
+        attempt = row.attempts + 1
+        release = Release(
+            flowsheet_id=row.flowsheet_id,
+            enriching_since=row.enriching_since,
+            error=verdict.reason or verdict.kind,
+            delay_s=policy.delay_s(attempt, rng),
+            park=policy.parks(attempt, verdict.row_fault),
+        )
+        releases.append((release, verdict))
+
+    started = time.perf_counter()
+    with conn.transaction():
+        written = finalize_rows(conn, plans)
+        released = release_rows(conn, [release for release, _ in releases])
+    outcome.write_s += time.perf_counter() - started
+    _count(outcome, plans, written, releases, released)
+    if failure is not None and failure.kind == "auth":
+        raise failure
+    return outcome
+
+
+def _count(
+    outcome: EnrichmentOutcome,
+    plans: Iterable[FinalizePlan],
+    written: set[int],
+    releases: Iterable[tuple[Release, Verdict]],
+    released: set[int],
+) -> None:
+    for plan in plans:
+        if plan.flowsheet_id not in written:
+            outcome.raced += 1
+        elif plan.status == "enriched_match":
+            outcome.match += 1
+        else:
+            outcome.no_match += 1
+    for release, verdict in releases:
+        if release.flowsheet_id not in released:
+            outcome.raced += 1
+        elif verdict.kind == "not_a_verdict":
+            outcome.not_a_verdict += 1
+        else:
+            outcome.error += 1
+            outcome.parked += release.park
+
+
+StopReason = Literal["drained", "time_budget", "lml_failure"]
+
+
+@dataclass
+class BacklogResult:
+    outcome: EnrichmentOutcome = field(default_factory=EnrichmentOutcome)
+    batches: int = 0
+    claim_s: float = 0.0
+    elapsed_s: float = 0.0
+    stopped: StopReason = "drained"
+
+    def rows_per_s(self) -> float:
+        return self.outcome.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def lml_calls_per_row(self) -> float:
+        return self.outcome.lml_calls / self.outcome.rows if self.outcome.rows else 0.0
+
+
+def drain_backlog(
+    conn: psycopg.Connection,
+    lml: BulkLookup,
+    *,
+    start: datetime,
+    end: datetime,
+    grace_s: float,
+    batch_size: int,
+    time_budget_s: float,
+    around_call: LmlCallHook | None = None,
+    policy: RetryPolicy | None = None,
+    stats: LmlCallRecorder | None = None,
+    progress: Callable[[str], None] = log.info,
+) -> BacklogResult:
+    """Claim and enrich rows added in [start, end), newest first, batch after batch, until none
+    is left, the time budget is spent (checked between batches, so a run stops cleanly with no
+    row left claimed) or a whole LML call failed (the sensor comes back after the backoff)."""
+    result = BacklogResult()
+    cache = VerdictCache()
+    began = time.perf_counter()
+    while True:
+        if time.perf_counter() - began >= time_budget_s:
+            result.stopped = "time_budget"
+            break
+        claim_started = time.perf_counter()
+        claimed = claim_backlog_batch(conn, start=start, end=end, grace_s=grace_s, limit=batch_size)
+        result.claim_s += time.perf_counter() - claim_started
+        if not claimed:
+            break
+        result.batches += 1
+        batch = enrich_claimed(
+            conn, lml, claimed, around_call=around_call, policy=policy, cache=cache, stats=stats
+        )
+        result.outcome.add(batch)
+        progress(
+            f"batch {result.batches}: {len(claimed)} rows {batch.outcome_counts()}; "
+            f"{result.outcome.rows} so far"
+        )
+        if batch.lml_failed:
+            result.stopped = "lml_failure"
+            break
+    result.elapsed_s = time.perf_counter() - began
+    return result

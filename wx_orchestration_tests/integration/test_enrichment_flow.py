@@ -1,0 +1,424 @@
+"""Claim → LML → finalize on real Postgres, against the LML emulator and the scripted fake."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from wx_orchestration.clients.lml import LmlClient
+from wx_orchestration.contracts.lml import BulkLookupResponse, LookupItem
+from wx_orchestration.core.enrichment import LookupKey, RetryPolicy, lookup_item
+from wx_orchestration.db.enrichment import claim_backlog_batch, claim_rows_by_ids
+from wx_orchestration.devstack.lml_emulator import lookup_item as emulated_lookup
+from wx_orchestration.flows.enrichment import drain_backlog, enrich_claimed
+from wx_orchestration_tests.scripted_lml import ScriptedLml
+
+SCHEMA = "wxyc_schema"
+DAY_START = datetime(2024, 3, 10, 5, 0, tzinfo=UTC)  # midnight in New York (EST)
+DAY_END = DAY_START + timedelta(days=1)
+NOON = DAY_START + timedelta(hours=12)
+
+
+@pytest.fixture
+def conn(station_db: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(station_db, autocommit=True) as connection:
+        connection.execute(f"SET search_path TO {SCHEMA}, wx_orchestration")
+        yield connection
+
+
+def add_play(conn: psycopg.Connection, artist: str | None, **columns: Any) -> int:
+    values = {
+        "artist_name": artist,
+        "album_title": "Some Album",
+        "track_title": "Some Song",
+        "play_order": 1,
+        "add_time": NOON,
+        **columns,
+    }
+    statement = sql.SQL("INSERT INTO flowsheet ({}) VALUES ({}) RETURNING id").format(
+        sql.SQL(", ").join(map(sql.Identifier, values)),
+        sql.SQL(", ").join(sql.Placeholder() * len(values)),
+    )
+    row = conn.execute(statement, list(values.values())).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def add_album(conn: psycopg.Connection, title: str = "Linked Album") -> int:
+    row = conn.execute(
+        "INSERT INTO library (artist_name, album_title) VALUES ('x', %s) RETURNING id", (title,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def flowsheet_row(conn: psycopg.Connection, flowsheet_id: int) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT * FROM flowsheet WHERE id = %s", (flowsheet_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+def attempts(conn: psycopg.Connection, flowsheet_id: int) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT *, next_attempt_at > now() AS backing_off "
+            "FROM wx_orchestration.enrichment_attempts WHERE flowsheet_id = %s",
+            (flowsheet_id,),
+        ).fetchone()
+
+
+def emulated_artist(match: bool, album: str = "Some Album", song: str | None = "Some Song") -> str:
+    """An artist the emulator answers with a direct library match (or with nothing)."""
+    for n in range(1000):
+        artist = f"Artist {n}"
+        answer = emulated_lookup(LookupItem(artist=artist, album=album, song=song))
+        found = bool(answer["results"]) and answer["results"][0]["library_item"]["id"] != 0
+        if found == match and (match or not answer["results"]):
+            return artist
+    raise AssertionError("no such artist among the first 1000")
+
+
+def expected_artwork(artist: str, album: str = "Some Album", song: str = "Some Song") -> dict:
+    key = LookupKey(artist, album, song)
+    return emulated_lookup(lookup_item(key))["results"][0]["artwork"]
+
+
+@pytest.fixture
+def fake(scripted_lml: tuple[ScriptedLml, str]) -> Iterator[tuple[ScriptedLml, LmlClient]]:
+    server, url = scripted_lml
+    client = LmlClient(url, total_timeout=5, max_retries=0)
+    yield server, client
+    client.close()
+
+
+def lookups_sent(emulator: Any) -> list[int]:
+    return [r["items"] for r in emulator.requests() if r["path"] == "/api/v1/lookup/bulk"]
+
+
+def test_unlinked_match_writes_the_result_columns_on_the_row(conn, lml_emulator, lml_client):
+    artist = emulated_artist(match=True)
+    row_id = add_play(conn, artist)
+    claimed = claim_rows_by_ids(conn, [row_id])
+    outcome = enrich_claimed(conn, lml_client, claimed)
+    assert outcome.outcome_counts() == {
+        "match": 1,
+        "no_match": 0,
+        "not_a_verdict": 0,
+        "error": 0,
+        "raced": 0,
+    }
+    art = expected_artwork(artist)
+    row = flowsheet_row(conn, row_id)
+    assert row["metadata_status"] == "enriched_match"
+    assert row["enriching_since"] is None
+    assert row["artwork_url"] == art["artwork_url"]
+    assert row["discogs_url"] == art["release_url"]
+    assert row["release_year"] == art["release_year"]
+    assert row["artist_wikipedia_url"] == art["wikipedia_url"]
+    assert row["apple_music_url"] == art["apple_music_url"]
+    assert row["artist_bio"] == art["artist_bio"]
+    assert row["composer"] == artist
+    assert row["composer_source"] in {"artist_proxy", "discogs_release"}
+
+
+def test_unlinked_no_match_writes_search_links(conn, lml_emulator, lml_client):
+    artist = emulated_artist(match=False, album="Sólo", song=None)
+    row_id = add_play(conn, artist, album_title="Sólo", track_title=None)
+    outcome = enrich_claimed(conn, lml_client, claim_rows_by_ids(conn, [row_id]))
+    assert outcome.no_match == 1
+    row = flowsheet_row(conn, row_id)
+    assert row["metadata_status"] == "enriched_no_match"
+    slug = artist.replace(" ", "%20")
+    assert row["spotify_url"] == f"https://open.spotify.com/search/{slug}%20S%C3%B3lo"
+    assert row["soundcloud_url"] == f"https://soundcloud.com/search?q={slug}"
+    assert row["apple_music_url"] is None
+    assert row["artwork_url"] is None
+    assert (row["composer"], row["composer_source"]) == (artist, "artist_proxy")
+
+
+def test_linked_match_goes_to_album_metadata(conn, lml_emulator, lml_client):
+    artist = emulated_artist(match=True)
+    album_id = add_album(conn)
+    row_id = add_play(conn, artist, album_id=album_id)
+    outcome = enrich_claimed(conn, lml_client, claim_rows_by_ids(conn, [row_id]))
+    assert outcome.match == 1
+    row = flowsheet_row(conn, row_id)
+    assert row["metadata_status"] == "enriched_match"
+    assert row["composer"] == artist
+    assert row["artwork_url"] is None
+    assert row["discogs_url"] is None
+    album = conn.execute(
+        "SELECT artwork_url, discogs_url FROM album_metadata WHERE album_id = %s", (album_id,)
+    ).fetchone()
+    art = expected_artwork(artist)
+    assert album == (art["artwork_url"], art["release_url"])
+
+
+def test_linked_no_match_keeps_an_existing_lml_url(conn, lml_emulator, lml_client):
+    artist = emulated_artist(match=False)
+    album_id = add_album(conn)
+    conn.execute(
+        "INSERT INTO album_metadata (album_id, spotify_url) VALUES (%s, 'https://open.spotify.com/album/real')",
+        (album_id,),
+    )
+    # Two plays of the same album in one batch: one album_metadata write.
+    ids = [add_play(conn, artist, album_id=album_id) for _ in range(2)]
+    outcome = enrich_claimed(conn, lml_client, claim_rows_by_ids(conn, ids))
+    assert outcome.no_match == 2
+    assert lookups_sent(lml_emulator) == [1]
+    album = conn.execute(
+        "SELECT spotify_url, bandcamp_url FROM album_metadata WHERE album_id = %s", (album_id,)
+    ).fetchone()
+    assert album is not None
+    assert album[0] == "https://open.spotify.com/album/real"
+    assert album[1] is not None
+    assert album[1].startswith("https://bandcamp.com/search?q=")
+    assert flowsheet_row(conn, ids[0])["spotify_url"] is None
+
+
+@pytest.mark.parametrize("breaker_state", ["closed", "open"])
+def test_shed_answers_leave_rows_pending_with_backoff(
+    conn, lml_emulator, lml_client, breaker_state
+):
+    lml_emulator.set_faults(degraded=True, breaker_state=breaker_state)
+    row_id = add_play(conn, "Stereolab")
+    outcome = enrich_claimed(conn, lml_client, claim_rows_by_ids(conn, [row_id]))
+    assert outcome.not_a_verdict == 1
+    assert flowsheet_row(conn, row_id)["metadata_status"] == "pending"
+    record = attempts(conn, row_id)
+    assert record is not None
+    assert record["attempts"] == 1
+    assert record["backing_off"] is True
+    expected = "shed_breaker_open" if breaker_state == "open" else "shed_limiter_saturated"
+    assert record["last_error"] == expected
+    # Still backing off: neither claimer takes it.
+    assert claim_rows_by_ids(conn, [row_id]) == []
+    assert claim_backlog_batch(conn, start=DAY_START, end=DAY_END, grace_s=0, limit=10) == []
+
+
+def scripted(
+    answers: dict[str, dict[str, Any] | None],
+) -> Callable[[dict[str, Any]], tuple[int, Any]]:
+    """Answers each item by its artist; an artist mapped to None gets no result at all."""
+
+    def answer(body: dict[str, Any]) -> tuple[int, Any]:
+        results = []
+        for index, item in enumerate(body["items"]):
+            result = answers[item["artist"]]
+            if result is not None:
+                results.append({"index": index, **result})
+        return 200, {"results": results}
+
+    return answer
+
+
+MATCH = {
+    "status": "match",
+    "lookup": {
+        "search_type": "direct",
+        "results": [
+            {
+                "library_item": {"id": 4, "title": "Some Album"},
+                "artwork": {
+                    "release_url": "https://www.discogs.com/release/4",
+                    "artwork_url": "https://s.discogs.com/images/spacer.gif",
+                    "release_year": 0,
+                    "writer_credits": {"names": [" A ", "B"], "provenance": "track"},
+                },
+            }
+        ],
+    },
+}
+
+
+def test_each_not_a_verdict_and_error_fails_only_its_row(conn, fake):
+    server, client = fake
+    server.answer = scripted(
+        {
+            "good": MATCH,
+            "upstream": {
+                "status": "no_match",
+                "lookup": {"degraded": True, "degraded_reason": "upstream_unavailable"},
+            },
+            "slow": {"status": "no_match", "lookup": {"timeout": True}},
+            "broken": {"status": "error", "lookup": None, "message": "boom"},
+            "nulled": {"status": "match", "lookup": None},
+            "missing": None,
+        }
+    )
+    ids = {
+        name: add_play(conn, name)
+        for name in ("good", "upstream", "slow", "broken", "nulled", "missing")
+    }
+    outcome = enrich_claimed(conn, client, claim_rows_by_ids(conn, list(ids.values())))
+    assert outcome.outcome_counts() == {
+        "match": 1,
+        "no_match": 0,
+        "not_a_verdict": 2,
+        "error": 3,
+        "raced": 0,
+    }
+    good = flowsheet_row(conn, ids["good"])
+    assert good["metadata_status"] == "enriched_match"
+    assert good["artwork_url"] is None
+    assert good["release_year"] is None
+    assert (good["composer"], good["composer_source"]) == ("A; B", "discogs_track")
+    for name in ("upstream", "slow", "broken", "nulled", "missing"):
+        assert flowsheet_row(conn, ids[name])["metadata_status"] == "pending", name
+    record = attempts(conn, ids["broken"])
+    assert record is not None
+    assert record["last_error"] == "lml item error: boom"
+    (body,) = server.bodies
+    assert body["items"][0] == {
+        "artist": "good",
+        "album": "Some Album",
+        "song": "Some Song",
+        "raw_message": "good - Some Album - Some Song",
+        "extended": True,
+    }
+
+
+def test_row_errors_park_the_row_after_max_attempts(conn, fake):
+    server, client = fake
+    server.answer = scripted({"broken": {"status": "error", "lookup": None}})
+    row_id = add_play(conn, "broken")
+    policy = RetryPolicy(base_s=0, max_attempts=2)
+    enrich_claimed(conn, client, claim_rows_by_ids(conn, [row_id]), policy=policy)
+    assert flowsheet_row(conn, row_id)["metadata_status"] == "pending"
+    outcome = enrich_claimed(conn, client, claim_rows_by_ids(conn, [row_id]), policy=policy)
+    assert outcome.parked == 1
+    assert flowsheet_row(conn, row_id)["metadata_status"] == "failed_no_retry"
+    record = attempts(conn, row_id)
+    assert record is not None
+    assert record["attempts"] == 2
+    assert record["parked_reason"]
+
+
+def test_a_failed_call_releases_every_row_and_sends_no_more(conn, lml_emulator, lml_client):
+    lml_emulator.set_faults(error_rate=1.0)
+    ids = [add_play(conn, f"Artist {n}") for n in range(150)]
+    outcome = enrich_claimed(conn, lml_client, claim_rows_by_ids(conn, ids))
+    assert outcome.error == 150
+    assert outcome.lml_failed
+    assert lookups_sent(lml_emulator) == [100]
+    statuses = conn.execute("SELECT metadata_status, count(*) FROM flowsheet GROUP BY 1").fetchall()
+    assert statuses == [("pending", 150)]
+    backing_off = conn.execute(
+        "SELECT count(*) FROM wx_orchestration.enrichment_attempts "
+        "WHERE next_attempt_at > now() AND parked_reason IS NULL"
+    ).fetchone()
+    assert backing_off == (150,)
+
+
+def test_distinct_keys_are_looked_up_once_in_chunks_of_100(conn, lml_emulator, lml_client):
+    ids = [add_play(conn, f"Artist {n % 150}") for n in range(300)]
+    ids.append(add_play(conn, " Artist 0 "))  # the same key once trimmed
+    calls: list[int] = []
+
+    def hook(call: Callable[[], BulkLookupResponse], items: int) -> BulkLookupResponse:
+        calls.append(items)
+        return call()
+
+    outcome = enrich_claimed(conn, lml_client, claim_rows_by_ids(conn, ids), around_call=hook)
+    assert calls == [100, 50]
+    assert lookups_sent(lml_emulator) == [100, 50]
+    assert outcome.rows == 301
+    assert outcome.lookups == 150
+    assert outcome.balanced()
+    assert outcome.match + outcome.no_match == 301
+
+
+def test_talkset_and_blank_artist_are_never_claimed_nor_sent(conn, lml_emulator, lml_client):
+    talk = add_play(conn, "DJ Talk", entry_type="talkset")
+    blanks = [add_play(conn, name) for name in ("", " \t ", "\n", "\u3000\xa0\u2009")]
+    assert claim_rows_by_ids(conn, [talk, *blanks]) == []
+    result = drain_backlog(
+        conn,
+        lml_client,
+        start=DAY_START,
+        end=DAY_END,
+        grace_s=0,
+        batch_size=10,
+        time_budget_s=30,
+    )
+    assert result.outcome.rows == 0
+    assert lml_emulator.requests() == []
+    for row_id in (talk, *blanks):
+        assert flowsheet_row(conn, row_id)["metadata_status"] == "pending"
+
+
+def test_finalize_after_a_sweep_writes_nothing(conn, lml_emulator, lml_client):
+    artist = emulated_artist(match=True)
+    row_id = add_play(conn, artist)
+    mine = claim_rows_by_ids(conn, [row_id])
+    # The stale sweep resets the claim, and another claimer takes the row again.
+    conn.execute("UPDATE flowsheet SET metadata_status = 'pending', enriching_since = NULL")
+    swept = enrich_claimed(conn, lml_client, mine)
+    assert swept.raced == 1
+    assert swept.match == 0
+    row = flowsheet_row(conn, row_id)
+    assert row["metadata_status"] == "pending"
+    assert row["artwork_url"] is None
+    theirs = claim_rows_by_ids(conn, [row_id])
+    assert enrich_claimed(conn, lml_client, mine).raced == 1
+    assert enrich_claimed(conn, lml_client, theirs).match == 1
+
+
+def test_backlog_and_fast_path_racing_finalize_each_row_once(station_db, lml_emulator):
+    with psycopg.connect(station_db, autocommit=True) as setup:
+        setup.execute(f"SET search_path TO {SCHEMA}, wx_orchestration")
+        ids = [add_play(setup, f"Artist {n}") for n in range(400)]
+    claimed: dict[str, list[int]] = {}
+    outcomes: list[Any] = []
+    barrier = threading.Barrier(2)
+    # The fast path claims oldest first, the backlog newest first: they meet in the middle.
+    chunks = [ids[i : i + 50] for i in range(0, len(ids), 50)]
+
+    def backlog_claims(c: psycopg.Connection) -> Iterator[list]:
+        while batch := claim_backlog_batch(c, start=DAY_START, end=DAY_END, grace_s=0, limit=50):
+            yield batch
+
+    def fast_claims(c: psycopg.Connection) -> Iterator[list]:
+        for chunk in chunks:
+            yield claim_rows_by_ids(c, chunk)
+
+    def run(name: str, claims: Callable[[psycopg.Connection], Iterator[list]]) -> None:
+        with (
+            psycopg.connect(station_db, autocommit=True) as c,
+            LmlClient(lml_emulator.url, max_retries=0) as client,
+        ):
+            c.execute(f"SET search_path TO {SCHEMA}, wx_orchestration")
+            barrier.wait(10)
+            rows = claimed.setdefault(name, [])
+            for batch in claims(c):
+                rows += [r.flowsheet_id for r in batch]
+                if batch:
+                    outcomes.append(enrich_claimed(c, client, batch))
+
+    threads = [
+        threading.Thread(target=run, args=("backlog", backlog_claims)),
+        threading.Thread(target=run, args=("fast", fast_claims)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert set(claimed) == {"backlog", "fast"}
+    assert not set(claimed["backlog"]) & set(claimed["fast"])
+    assert sorted(claimed["backlog"] + claimed["fast"]) == ids
+    assert sum(o.match + o.no_match for o in outcomes) == 400
+    assert sum(o.raced for o in outcomes) == 0
+    with psycopg.connect(station_db) as check:
+        left = check.execute(
+            "SELECT count(*) FROM wxyc_schema.flowsheet WHERE metadata_status NOT IN "
+            "('enriched_match', 'enriched_no_match')"
+        ).fetchone()
+    assert left == (0,)
