@@ -43,6 +43,13 @@ def processes_of(state_dir: Path) -> list[int]:
     return found
 
 
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class Stack:
     def __init__(self, state_dir: Path, ui_port: int) -> None:
         self.state_dir = state_dir
@@ -123,6 +130,9 @@ def test_up_serves_the_location_and_survives_kill_9_and_ctrl_c(stack: Stack) -> 
     )
     assert status.returncode == 0
     assert "dagster-webserver" in status.stdout
+    assert "sidecar" in status.stdout
+    sidecar = f"http://127.0.0.1:{stack.env['WX_SIDECAR_PORT']}/healthz"
+    wait_until(lambda: _answers(sidecar), timeout=30, what="the sidecar's /healthz")
 
     # A supervisor killed outright takes its children with it...
     stack.signal(signal.SIGKILL)
