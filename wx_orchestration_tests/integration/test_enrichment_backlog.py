@@ -17,7 +17,12 @@ import pytest
 
 from wx_orchestration.defs.enrichment.assets import flowsheet_enrichment
 from wx_orchestration.defs.enrichment.sensors import MAX_RUNS_PER_TICK, enrichment_backlog_sensor
-from wx_orchestration.defs.resources import LmlResource, PostgresResource
+from wx_orchestration.defs.resources import (
+    LmlBudgetResource,
+    LmlResource,
+    PostgresResource,
+    RedisResource,
+)
 from wx_orchestration_tests.integration.test_enrichment_flow import DAY_START, SCHEMA, add_play
 
 # Switch to "wx_orchestration.definitions" once it wires the enrichment definitions.
@@ -37,13 +42,18 @@ def statuses(conn: psycopg.Connection) -> dict[str, int]:
     return {status: count for status, count in rows.fetchall()}
 
 
-def materialize(db_url: str, lml_url: str, **kwargs: object) -> dg.ExecuteInProcessResult:
+def materialize(
+    db_url: str, lml_url: str, redis_url: str, **kwargs: object
+) -> dg.ExecuteInProcessResult:
     config = kwargs.pop("config", {})
     return dg.materialize(
         [flowsheet_enrichment],
         resources={
             "lml": LmlResource(base_url=lml_url, max_retries=0),
             "postgres": PostgresResource(database_url=db_url),
+            "lml_budget": LmlBudgetResource(
+                redis=RedisResource(url=redis_url), rate_per_second=1000, max_concurrent=5
+            ),
         },
         run_config={"ops": {"flowsheet_enrichment": {"config": config}}},
         raise_on_error=False,
@@ -57,13 +67,17 @@ def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, object]:
     return {key: value.value for key, value in mat.metadata.items()}
 
 
-def test_a_run_drains_its_day_only(station_db, conn, lml_emulator) -> None:
+def test_a_run_drains_its_day_only(station_db, conn, lml_emulator, redis_url) -> None:
     for n in range(30):
         add_play(conn, f"Artist {n % 20}", add_time=DAY_START + timedelta(minutes=n))
     before = add_play(conn, "Artist 1", add_time=DAY_START - timedelta(seconds=1))
     after = add_play(conn, "Artist 1", add_time=DAY_START + timedelta(days=1))
     result = materialize(
-        station_db, lml_emulator.url, partition_key="2024-03-10", config={"batch_size": 7}
+        station_db,
+        lml_emulator.url,
+        redis_url,
+        partition_key="2024-03-10",
+        config={"batch_size": 7},
     )
     assert result.success
     metadata = metadata_of(result)
@@ -81,12 +95,15 @@ def test_a_run_drains_its_day_only(station_db, conn, lml_emulator) -> None:
     assert sorted(row[0] for row in pending.fetchall()) == sorted([before, after])
 
 
-def test_a_range_backfill_is_one_run_over_every_day(station_db, conn, lml_emulator) -> None:
+def test_a_range_backfill_is_one_run_over_every_day(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
     for day in range(3):
         add_play(conn, "Artist 1", add_time=DAY_START + timedelta(days=day, hours=1))
     result = materialize(
         station_db,
         lml_emulator.url,
+        redis_url,
         tags={
             "dagster/asset_partition_range_start": "2024-03-10",
             "dagster/asset_partition_range_end": "2024-03-11",
@@ -99,26 +116,33 @@ def test_a_range_backfill_is_one_run_over_every_day(station_db, conn, lml_emulat
     assert sum(after.values()) == 2
 
 
-def test_grace_period_leaves_young_rows_to_the_fast_path(station_db, conn, lml_emulator) -> None:
+def test_grace_period_leaves_young_rows_to_the_fast_path(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
     young = add_play(conn, "Artist 1", add_time=datetime.now(UTC))
     today = datetime.now(NEW_YORK).date().isoformat()
-    result = materialize(station_db, lml_emulator.url, partition_key=today)
+    result = materialize(station_db, lml_emulator.url, redis_url, partition_key=today)
     assert result.success
     assert metadata_of(result)["dagster/row_count"] == 0
     assert conn.execute(
         "SELECT metadata_status::text FROM flowsheet WHERE id = %s", (young,)
     ).fetchone() == ("pending",)
     result = materialize(
-        station_db, lml_emulator.url, partition_key=today, config={"grace_period_s": 0}
+        station_db,
+        lml_emulator.url,
+        redis_url,
+        partition_key=today,
+        config={"grace_period_s": 0},
     )
     assert metadata_of(result)["dagster/row_count"] == 1
 
 
-def test_time_budget_stops_cleanly(station_db, conn, lml_emulator) -> None:
+def test_time_budget_stops_cleanly(station_db, conn, lml_emulator, redis_url) -> None:
     add_play(conn, "Artist 1", add_time=DAY_START)
     result = materialize(
         station_db,
         lml_emulator.url,
+        redis_url,
         partition_key="2024-03-10",
         config={"time_budget_s": 1e-9},
     )
@@ -196,7 +220,9 @@ def test_sensor_takes_the_newest_days_first_and_a_few_per_tick(station_db, conn)
     assert [r.partition_key for r in rest.run_requests or []] == days[MAX_RUNS_PER_TICK:]
 
 
-def test_job_execute_drains_a_day(station_db, conn, lml_emulator, tmp_path: Path) -> None:
+def test_job_execute_drains_a_day(
+    station_db, conn, lml_emulator, redis_url, tmp_path: Path
+) -> None:
     for n in range(12):
         add_play(conn, f"Artist {n}", add_time=DAY_START + timedelta(hours=3, minutes=n))
     env = {
@@ -204,7 +230,8 @@ def test_job_execute_drains_a_day(station_db, conn, lml_emulator, tmp_path: Path
         "DAGSTER_HOME": str(tmp_path),
         "DATABASE_URL": station_db,
         "LIBRARY_METADATA_URL": lml_emulator.url,
-        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "REDIS_URL": redis_url,
+        "LML_RATE_PER_SECOND": "100",
     }
     (tmp_path / "dagster.yaml").write_text("")
     execute = subprocess.run(
@@ -230,3 +257,17 @@ def test_job_execute_drains_a_day(station_db, conn, lml_emulator, tmp_path: Path
     remaining = statuses(conn)
     assert remaining.get("pending", 0) == 0
     assert remaining.get("enriched_match", 0) + remaining.get("enriched_no_match", 0) == 12
+
+
+def test_an_open_discogs_breaker_pauses_the_run_then_it_ends_cleanly(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    add_play(conn, "Stereolab", add_time=DAY_START + timedelta(hours=3))
+    lml_emulator.set_faults(breaker_state="open")
+    result = materialize(station_db, lml_emulator.url, redis_url, partition_key="2024-03-10",
+        config={"breaker_wait_s": 0},
+    )  # fmt: skip
+    assert result.success
+    assert "breaker open" in str(metadata_of(result)["stopped"])
+    assert statuses(conn).get("pending") == 1
+    assert [r["path"] for r in lml_emulator.requests()] == ["/health"]

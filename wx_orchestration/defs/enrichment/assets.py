@@ -6,8 +6,9 @@ import sentry_sdk
 from pydantic import Field
 
 from wx_orchestration.clients.lml import LmlError
+from wx_orchestration.clients.lml_budget import wait_until_lml_ready
 from wx_orchestration.defs.enrichment.partitions import FLOWSHEET_DAYS
-from wx_orchestration.defs.resources import LmlResource, PostgresResource
+from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.flows.enrichment import BacklogResult, drain_backlog
 
 
@@ -22,6 +23,11 @@ class FlowsheetEnrichmentConfig(dg.Config):
         default=120.0,
         ge=0,
         description="leave rows younger than this to the sidecar's fast path",
+    )
+    breaker_wait_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="how long to wait while LML reports its Discogs breaker open, then stop",
     )
 
 
@@ -51,9 +57,17 @@ def flowsheet_enrichment(
     config: FlowsheetEnrichmentConfig,
     lml: LmlResource,
     postgres: PostgresResource,
+    lml_budget: LmlBudgetResource,
 ) -> dg.MaterializeResult:
     window = context.partition_time_window
     label = f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}"
+    client = lml_budget.budgeted(lml, "backlog")
+    stopped = wait_until_lml_ready(
+        client, max_wait_s=config.breaker_wait_s, progress=context.log.warning
+    )
+    if stopped:
+        context.log.warning(f"{label} not drained: {stopped}")
+        return dg.MaterializeResult(metadata={"stopped": stopped, "dagster/row_count": 0})
     with (
         sentry_sdk.start_span(op="flowsheet_enrichment.drain", name=label) as span,
         postgres.connection(autocommit=True) as conn,
@@ -61,7 +75,7 @@ def flowsheet_enrichment(
         try:
             result = drain_backlog(
                 conn,
-                lml.get_client(),
+                client,
                 start=window.start,
                 end=window.end,
                 grace_s=config.grace_period_s,
@@ -100,5 +114,11 @@ def flowsheet_enrichment(
                 }
             ),
             "dagster/row_count": outcome.rows,
+            "lml_budget": dg.MetadataValue.json(
+                {
+                    "lanes": lml_budget.get_budget().stats_summary(),
+                    "shared": lml_budget.get_budget().state("lookup"),
+                }
+            ),
         }
     )
