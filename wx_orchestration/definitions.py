@@ -10,7 +10,7 @@ from wx_orchestration.defs.enrichment.sensors import enrichment_backlog_sensor
 from wx_orchestration.defs.identity.assets import library_identity
 from wx_orchestration.defs.identity.jobs import library_identity_refresh_job
 from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
-from wx_orchestration.defs.observability.assets import wx_cdc_stream
+from wx_orchestration.defs.observability.assets import lml_budget, wx_cdc_stream
 from wx_orchestration.defs.observability.sensors import sidecar_health_sensor
 from wx_orchestration.defs.observability.sentry import init_sentry, sentry_run_failure_sensor
 from wx_orchestration.defs.resources import resources_from_env
@@ -27,7 +27,7 @@ from wx_orchestration.defs.sweeps.schedules import stale_sweep_schedule
 init_sentry()
 
 defs = dg.Definitions(
-    assets=[library_identity, flowsheet_enrichment, wx_cdc_stream],
+    assets=[library_identity, flowsheet_enrichment, wx_cdc_stream, lml_budget],
     asset_checks=HEALTH_CHECKS,
     jobs=[
         library_identity_refresh_job,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import sentry_sdk
 
 from wx_orchestration.clients.lml import LmlApi, LmlCallRecorder, LmlClient, LmlError
 from wx_orchestration.contracts.lml import (
@@ -299,6 +300,15 @@ class LmlBudget:
             return
         if result in (b"opened", "opened"):
             log.error("LML breaker opened for %s calls (shared by every process)", lane)
+            sentry_sdk.add_breadcrumb(
+                category="lml.budget", message=f"breaker opened ({lane} lane)", level="warning"
+            )
+        elif outcome == "rate_limited":
+            sentry_sdk.add_breadcrumb(
+                category="lml.budget",
+                message=f"429: every caller paused {retry_after_s or 1.0:g}s",
+                level="warning",
+            )
 
     @contextmanager
     def slot(self, lane: str, *, timeout_s: float | None = None) -> Iterator[None]:

@@ -6,32 +6,43 @@ import dagster as dg
 import psycopg
 import redis
 
+from wx_orchestration.clients.lml_budget import LmlBudget
 from wx_orchestration.contracts.cdc import (
     CDC_STREAM,
     EVENTLOG_GROUP,
     SidecarHeartbeat,
     heartbeat_key,
 )
+from wx_orchestration.core.budget import BudgetLimits
 from wx_orchestration.defs.observability.assets import wx_cdc_stream
 from wx_orchestration.defs.observability.sensors import sidecar_health_sensor
-from wx_orchestration.defs.resources import PostgresResource, RedisResource
+from wx_orchestration.defs.resources import LmlBudgetResource, PostgresResource, RedisResource
 from wx_orchestration_tests.servers import STATION_SCHEMA
 
 
-def _evaluate(station_db: str, redis_url: str) -> dict[str, object]:
-    context = dg.build_sensor_context(
+def _evaluate_all(station_db: str, redis_url: str) -> dict[str, dict[str, object]]:
+    redis_resource = RedisResource(url=redis_url)
+    with dg.build_sensor_context(
         resources={
-            "redis": RedisResource(url=redis_url),
+            "redis": redis_resource,
             "postgres": PostgresResource(database_url=station_db, station_schema=STATION_SCHEMA),
+            "lml_budget": LmlBudgetResource(redis=redis_resource),
         }
-    )
-    result = sidecar_health_sensor(context)
+    ) as context:
+        result = sidecar_health_sensor(context)
     assert isinstance(result, dg.SensorResult)
     assert not result.run_requests
-    (observation,) = result.asset_events
-    assert isinstance(observation, dg.AssetObservation)
-    assert observation.asset_key == wx_cdc_stream.key
-    return {key: getattr(value, "value", value) for key, value in observation.metadata.items()}
+    observed = {}
+    for observation in result.asset_events:
+        assert isinstance(observation, dg.AssetObservation)
+        observed[observation.asset_key.to_user_string()] = {
+            key: getattr(value, "value", value) for key, value in observation.metadata.items()
+        }
+    return observed
+
+
+def _evaluate(station_db: str, redis_url: str) -> dict[str, object]:
+    return _evaluate_all(station_db, redis_url)[wx_cdc_stream.key.to_user_string()]
 
 
 def test_observes_heartbeat_lag_and_dead_letters(station_db: str, redis_url: str) -> None:
@@ -64,6 +75,16 @@ def test_observes_even_when_nothing_runs(station_db: str, redis_url: str) -> Non
     assert metadata["stream_length"] == "missing"
 
 
+def test_observes_the_shared_lml_budget(station_db: str, redis_url: str) -> None:
+    budget = LmlBudget(redis.Redis.from_url(redis_url), BudgetLimits())
+    budget.settle("backlog", budget.acquire("backlog"), "rate_limited", retry_after_s=30)
+    observed = _evaluate_all(station_db, redis_url)["lml_budget"]
+    assert observed["breaker_lookup"] == "closed"
+    assert isinstance(observed["paused_ms_lookup"], int)
+    assert observed["paused_ms_lookup"] > 0
+    assert observed["paused_ms_identity"] == 0
+
+
 def test_sensor_and_asset_load_in_definitions() -> None:
     defs = dg.Definitions(
         assets=[wx_cdc_stream],
@@ -71,6 +92,7 @@ def test_sensor_and_asset_load_in_definitions() -> None:
         resources={
             "redis": RedisResource(url="redis://127.0.0.1:1/0"),
             "postgres": PostgresResource(database_url="postgresql://nowhere/db"),
+            "lml_budget": LmlBudgetResource(redis=RedisResource(url="redis://127.0.0.1:1/0")),
         },
     )
     dg.Definitions.validate_loadable(defs)

@@ -19,3 +19,16 @@ wx_cdc_stream = dg.AssetSpec(
     kinds={"redis"},
     metadata={"stream": CDC_STREAM},
 )
+
+LML_BUDGET_KEY = dg.AssetKey("lml_budget")
+
+lml_budget = dg.AssetSpec(
+    LML_BUDGET_KEY,
+    group_name="sidecar",
+    description=(
+        "The LML budget every process shares (kept in Redis): rate and concurrency per endpoint "
+        "family, the live reserve, a 429 pause and the shared breaker. Observed once a minute "
+        "by `sidecar_health_sensor`."
+    ),
+    kinds={"redis"},
+)

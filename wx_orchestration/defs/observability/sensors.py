@@ -1,4 +1,4 @@
-"""`sidecar_health_sensor`: the sidecar's state in the Dagster UI, one observation a minute.
+"""`sidecar_health_sensor`: the sidecar's and the LML budget's state in the Dagster UI.
 
 Reads what the sidecar publishes (heartbeat hashes), what Redis knows about the stream's
 consumer groups, and the dead-letter table; records all of it on `wx_cdc_stream` every tick,
@@ -20,8 +20,8 @@ from wx_orchestration.contracts.cdc import (
     GroupStats,
     SidecarHeartbeat,
 )
-from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
-from wx_orchestration.defs.resources import PostgresResource, RedisResource
+from wx_orchestration.defs.observability.assets import LML_BUDGET_KEY, WX_CDC_STREAM_KEY
+from wx_orchestration.defs.resources import LmlBudgetResource, PostgresResource, RedisResource
 
 
 def _heartbeats(client: Redis) -> list[SidecarHeartbeat]:
@@ -84,7 +84,10 @@ def sidecar_observation(
     description="Records the sidecar's heartbeat, stream lag and dead letters on wx_cdc_stream.",
 )
 def sidecar_health_sensor(
-    context: dg.SensorEvaluationContext, redis: RedisResource, postgres: PostgresResource
+    context: dg.SensorEvaluationContext,
+    redis: RedisResource,
+    postgres: PostgresResource,
+    lml_budget: LmlBudgetResource,
 ) -> dg.SensorResult:
     client = redis.get_client()
     beats = _heartbeats(client)
@@ -97,4 +100,15 @@ def sidecar_health_sensor(
         len(beats),
         {g.name: g.lag for g in groups} or "no groups",
     )
-    return dg.SensorResult(asset_events=[observation])
+    budget = lml_budget.get_budget()
+    budget_states = {family: budget.state(family) for family in ("lookup", "identity")}
+    budget_observation = dg.AssetObservation(
+        asset_key=LML_BUDGET_KEY,
+        metadata={
+            **{f"breaker_{f}": state["breaker"] for f, state in budget_states.items()},
+            **{f"paused_ms_{f}": state["paused_ms"] for f, state in budget_states.items()},
+            **{f"in_flight_{f}": state["in_flight"] for f, state in budget_states.items()},
+            "limits": dg.MetadataValue.json(budget_states["lookup"]["limits"]),
+        },
+    )
+    return dg.SensorResult(asset_events=[observation, budget_observation])
