@@ -404,21 +404,23 @@ def test_retries_recover_from_rate_limits(lml_emulator: EmulatorHandle) -> None:
     assert stats.total_latency_ms > 0
 
 
-def test_clients_share_one_pool(lml_emulator: EmulatorHandle) -> None:
-    first = client_for(lml_emulator.url)
-    second = client_for(lml_emulator.url + "/")
-    pooled = first.http_client
+def test_clients_share_one_pool() -> None:
+    # Its own emulator: a URL no other test's client holds, so the last close() is ours.
+    with start_in_thread() as emulator:
+        first = client_for(emulator.url)
+        second = client_for(emulator.url + "/")
+        pooled = first.http_client
 
-    first.health()
-    first.lookup({"artist": "Can"})
-    first.close()
-    second.health()
+        first.health()
+        first.lookup({"artist": "Can"})
+        first.close()
+        second.health()
 
-    assert first.http_client is pooled
-    assert second.http_client is pooled
-    assert not pooled.is_closed
-    second.close()
-    assert pooled.is_closed
+        assert first.http_client is pooled
+        assert second.http_client is pooled
+        assert not pooled.is_closed
+        second.close()
+        assert pooled.is_closed
 
 
 def test_command_line_prints_its_url() -> None:
