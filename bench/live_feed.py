@@ -1,0 +1,194 @@
+"""Live-feed benchmark: many SSE subscribers on one sidecar; XADD → receipt latency and memory.
+
+    python -m bench live_feed [--subscribers N] [--events N] [--rate PER_S]
+
+A real `wx-sidecar --roles live` process serves `/events/stream`; this process holds the
+subscribers (asyncio, raw sockets: no client library between the bytes and the clock). Each
+frame written to `wx:live` carries the wall-clock time of its XADD; a subscriber's latency is
+its receipt time minus that. Baseline in the same run: the same events to one subscriber.
+Memory per subscriber is the server's RSS growth over the subscribers' connection, divided by N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import redis
+
+from bench.common import STATION_SCHEMA, bench_database, bench_redis
+from wx_orchestration.contracts.live import FRAME_FIELD, LIVE_STREAM, LiveFrame
+from wx_orchestration.devstack.processes import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The last key of a bench frame's payload: its XADD time in wall-clock nanoseconds.
+_MARK = b'"xadd_ns":'
+
+
+@contextmanager
+def live_sidecar(
+    database_url: str, redis_url: str, max_connections: int
+) -> Iterator[tuple[int, psutil.Process]]:
+    """A `wx-sidecar --roles live` process: its port on 127.0.0.1, and the process."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "WXYC_SCHEMA_NAME": STATION_SCHEMA,
+        "WX_SIDECAR_PORT": str(port),
+        "WX_LIVE_MAX_CONNECTIONS": str(max_connections),
+        "WX_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wx_orchestration.sidecar",
+            "--roles",
+            "live",
+            "--instance",
+            "bench",
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the sidecar did not come up")
+            time.sleep(0.05)
+        yield port, psutil.Process(process.pid)
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
+@dataclass
+class Subscriber:
+    latencies_ms: list[float] = field(default_factory=list)
+    established: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def subscribe(port: int, subscriber: Subscriber, stop: asyncio.Event) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /events/stream?topics=live-fs-topic HTTP/1.1\r\nHost: bench\r\n\r\n")
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(head.decode(errors="replace"))
+    reading = asyncio.ensure_future(_read_frames(reader, subscriber))
+    await stop.wait()
+    reading.cancel()
+    writer.close()
+
+
+async def _read_frames(reader: asyncio.StreamReader, subscriber: Subscriber) -> None:
+    # Scan raw bytes rather than parse JSON: the client's CPU is on the same two cores as the
+    # server's, and what is measured is the server. A frame never spans two reads here (the
+    # server writes whole events and each is far smaller than the read size).
+    while chunk := await reader.read(1 << 16):
+        received_ns = time.time_ns()
+        start = chunk.find(_MARK)
+        if start < 0:
+            subscriber.established.set()
+        while start >= 0:
+            end = chunk.index(b"}", start)
+            subscriber.latencies_ms.append(
+                (received_ns - int(chunk[start + len(_MARK) : end])) / 1e6
+            )
+            start = chunk.find(_MARK, end)
+
+
+async def publish(client: redis.Redis, events: int, rate: float) -> None:
+    for n in range(events):
+        payload = {"id": n, "track_title": f"bench {n}", "xadd_ns": time.time_ns()}
+        text = LiveFrame("insert", payload, 0).to_json()
+        client.xadd(LIVE_STREAM, {FRAME_FIELD: text}, maxlen=10_000, approximate=True)
+        await asyncio.sleep(1 / rate)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
+
+
+async def measure(
+    port: int, client: redis.Redis, count: int, events: int, rate: float, server: psutil.Process
+) -> dict[str, float]:
+    stop = asyncio.Event()
+    subscribers = [Subscriber() for _ in range(count)]
+    rss_before = server.memory_info().rss
+    connecting = time.perf_counter()
+    gate = asyncio.Semaphore(200)  # do not overrun the listen backlog
+
+    async def connect(subscriber: Subscriber) -> asyncio.Task[None]:
+        async with gate:
+            task = asyncio.ensure_future(subscribe(port, subscriber, stop))
+            await subscriber.established.wait()
+            return task
+
+    tasks = await asyncio.gather(*(connect(s) for s in subscribers))
+    connect_s = time.perf_counter() - connecting
+    rss_after = server.memory_info().rss
+    await publish(client, events, rate)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(len(s.latencies_ms) < events for s in subscribers):
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    latencies = [ms for s in subscribers for ms in s.latencies_ms]
+    return {
+        "subscribers": count,
+        "connect_s": connect_s,
+        "deliveries": len(latencies),
+        "missing": count * events - len(latencies),
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": max(latencies),
+        "rss_per_subscriber_kib": (rss_after - rss_before) / count / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.live_feed", description="SSE fan-out")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=20.0, help="events per second")
+    args = parser.parse_args()
+    with bench_database() as database_url, bench_redis() as redis_url:
+        client = redis.Redis.from_url(redis_url)
+        with live_sidecar(database_url, redis_url, args.subscribers + 10) as (port, server):
+            for count in (1, args.subscribers):
+                result = asyncio.run(measure(port, client, count, args.events, args.rate, server))
+                print(
+                    f"{result['subscribers']:>5} subscribers: connected in "
+                    f"{result['connect_s']:.2f} s; {result['deliveries']} deliveries "
+                    f"({result['missing']} missing); XADD → receipt p50 {result['p50_ms']:.2f} ms, "
+                    f"p99 {result['p99_ms']:.2f} ms, max {result['max_ms']:.2f} ms; server RSS "
+                    f"+{result['rss_per_subscriber_kib']:.1f} KiB per subscriber",
+                    flush=True,
+                )
+        client.close()
+
+
+if __name__ == "__main__":
+    main()
