@@ -39,7 +39,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -52,7 +52,7 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float 
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -93,7 +93,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        reserve = _float(env, "LML_LIVE_RESERVE", 0.5)
+        reserve = env_float(env, "LML_LIVE_RESERVE", 0.5)
         if reserve > 1:
             raise SettingsError(f"LML_LIVE_RESERVE={reserve} must be between 0 and 1")
         return cls(
@@ -104,14 +104,14 @@ class Settings:
             redis_url=env.get("REDIS_URL", ""),
             lml_url=env.get("LIBRARY_METADATA_URL", "").rstrip("/"),
             lml_api_key=env.get("LML_API_KEY", ""),
-            lml_timeout_s=_float(env, "LML_TIMEOUT_S", 10.0, minimum=0.1),
+            lml_timeout_s=env_float(env, "LML_TIMEOUT_S", 10.0, minimum=0.1),
             sentry_dsn=env.get("SENTRY_DSN", ""),
-            lml_rate_per_second=_float(env, "LML_RATE_PER_SECOND", 1.0, minimum=0.01),
-            lml_max_concurrent=_int(env, "LML_MAX_CONCURRENT", 5, minimum=1),
+            lml_rate_per_second=env_float(env, "LML_RATE_PER_SECOND", 1.0, minimum=0.01),
+            lml_max_concurrent=env_int(env, "LML_MAX_CONCURRENT", 5, minimum=1),
             lml_live_reserve=reserve,
             sidecar_host=env.get("WX_SIDECAR_HOST", "") or "127.0.0.1",
-            sidecar_port=_int(env, "WX_SIDECAR_PORT", 8686, minimum=1),
-            freshness_target_s=_float(env, "WX_FRESHNESS_TARGET_S", 30.0, minimum=0.1),
+            sidecar_port=env_int(env, "WX_SIDECAR_PORT", 8686, minimum=1),
+            freshness_target_s=env_float(env, "WX_FRESHNESS_TARGET_S", 30.0, minimum=0.1),
         )
 
     def require(self, *names: str) -> None:

@@ -68,7 +68,7 @@ from wx_orchestration.core.live import (
     resume_decision,
 )
 from wx_orchestration.db.live import MAX_RECENT, album_metadata, recent_plays
-from wx_orchestration.settings import SettingsError, _float, _int
+from wx_orchestration.settings import SettingsError, env_float, env_int
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.metrics import SidecarMetrics
 from wx_orchestration.sidecar.roles import SidecarContext
@@ -115,10 +115,10 @@ class LiveConfig:
     def from_env(cls, env: Mapping[str, str]) -> LiveConfig:
         origins = env.get("WX_LIVE_CORS_ORIGINS")
         return cls(
-            stream_maxlen=_int(env, "WX_LIVE_STREAM_MAXLEN", cls.stream_maxlen, minimum=1),
-            max_connections=_int(env, "WX_LIVE_MAX_CONNECTIONS", cls.max_connections, minimum=1),
-            queue_bytes=_int(env, "WX_LIVE_QUEUE_BYTES", cls.queue_bytes, minimum=1024),
-            keepalive_s=_float(env, "WX_LIVE_KEEPALIVE_S", cls.keepalive_s, minimum=0.05),
+            stream_maxlen=env_int(env, "WX_LIVE_STREAM_MAXLEN", cls.stream_maxlen, minimum=1),
+            max_connections=env_int(env, "WX_LIVE_MAX_CONNECTIONS", cls.max_connections, minimum=1),
+            queue_bytes=env_int(env, "WX_LIVE_QUEUE_BYTES", cls.queue_bytes, minimum=1024),
+            keepalive_s=env_float(env, "WX_LIVE_KEEPALIVE_S", cls.keepalive_s, minimum=0.05),
             cors_origins=cls.cors_origins
             if origins is None
             else tuple(o.strip() for o in origins.split(",") if o.strip()),
