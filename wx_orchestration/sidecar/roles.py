@@ -27,6 +27,7 @@ from wx_orchestration.sidecar.metrics import SidecarMetrics
 ROLE_MODULES: dict[str, str] = {
     "bridge": "wx_orchestration.sidecar.bridge",
     "eventlog": "wx_orchestration.sidecar.eventlog",
+    "enrich": "wx_orchestration.sidecar.enrich",
     "live": "wx_orchestration.sidecar.live",
 }
 

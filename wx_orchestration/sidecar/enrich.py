@@ -1,0 +1,310 @@
+"""Enrichment fast path: consumer group `enrichment` on `wx:cdc` → claim → LML → finalize.
+
+A DJ's play should be on listeners' screens well under a second after the INSERT, so the role
+enriches each batch the moment it is read rather than collecting for a while: at a live rate a
+batch holds one play. Batching is natural: while lookups (or waits for the shared LML budget)
+are under way, later plays queue in the stream, and the next read carries all of them — at most
+100 rows per claim and per `lookup/bulk` call. Under budget pressure the role waits and so puts
+more rows into each call; it never sheds one (DESIGN.md §6).
+
+A few consumers of the group run side by side in the role (`WX_ENRICH_CONSUMERS`, default 3):
+with one, a play arriving during a 20-50 ms lookup waited for it to end before its own began,
+which doubled the tail latency at 10 plays/s. The budget still caps calls in flight.
+
+The sink (`enrich_events`) is the one decision point: keep the candidates (INSERT, or CATCHUP of
+a still-pending row), claim them in one committed statement, look them up through the shared
+budget and the shared lookup cache, finalize or release every claimed row in one short
+transaction (`flows.enrichment.enrich_claimed`), then acknowledge the whole batch. If anything
+raises — Postgres down, say — nothing is acknowledged and the entries are redelivered; a row
+already finalized or claimed is then simply not claimable again, so it is never finalized
+twice. Rows whose lookup failed go back to `pending` with backoff, for the Dagster backlog.
+
+Env (beyond `Settings`): `WX_ENRICH_CACHE_TTL_S` (default 3600), how long a verdict is shared;
+`WX_ENRICH_CONSUMERS` (default 3).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg
+import redis
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from wx_orchestration.clients.lml import LmlClient, LmlError
+from wx_orchestration.clients.lml_budget import BudgetedLml, BudgetWaitTimeout, LmlBudget
+from wx_orchestration.clients.lookup_cache import LookupCache
+from wx_orchestration.contracts.cdc import CDC_STREAM, ENRICHMENT_GROUP
+from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS, BulkLookupResponse
+from wx_orchestration.core.budget import BudgetLimits
+from wx_orchestration.core.enrichment import Candidate, ClaimedRow, enrichment_candidate
+from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry, effective_action
+from wx_orchestration.db.enrichment import claim_rows_by_ids
+from wx_orchestration.flows.enrichment import EnrichmentOutcome, VerdictCache, enrich_claimed
+from wx_orchestration.settings import SettingsError
+from wx_orchestration.sidecar.consumer import StreamConsumer
+from wx_orchestration.sidecar.roles import SidecarContext
+
+LANE = "live"
+DEFAULT_CACHE_TTL_S = 3600.0
+DEFAULT_CONSUMERS = 3
+# A play waits for the LML budget as long as it takes (never shed); these only bound how long
+# one wait lasts before the role checks whether it is shutting down, and how often it asks again.
+BUDGET_PATIENCE_S = 2.0
+BUDGET_POLL_S = 0.25
+
+
+class EnrichMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.ignored = Counter(
+            "wx_enrich_events_ignored",
+            "Events that are not candidates, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.not_claimed = Counter(
+            "wx_enrich_candidates_not_claimed",
+            "Candidates no longer claimable (taken by the backlog, already done, in backoff)",
+            registry=r,
+        )
+        self.rows = Counter("wx_enrich_rows", "Claimed rows by outcome", ["outcome"], registry=r)
+        self.cache_hits = Counter(
+            "wx_enrich_cache_hits", "Distinct lookups answered by the shared cache", registry=r
+        )
+        self.lookups = Counter("wx_enrich_lookups", "Distinct lookups sent to LML", registry=r)
+        self.lml_calls = Counter("wx_enrich_lml_calls", "lookup/bulk calls", registry=r)
+        self.lml_failures = Counter(
+            "wx_enrich_lml_failures", "lookup/bulk calls that failed as a whole", registry=r
+        )
+
+    def count(self, outcome: EnrichmentOutcome) -> None:
+        for name, rows in outcome.outcome_counts().items():
+            self.rows.labels(name).inc(rows)
+        self.cache_hits.inc(outcome.cache_hits)
+        self.lookups.inc(outcome.lookups)
+        self.lml_calls.inc(outcome.lml_calls)
+        self.lml_failures.inc(int(outcome.lml_failed))
+
+
+class BudgetWaits(Collector):
+    """The live lane's waits for the shared budget, read from the budget's own counts at
+    scrape time (every consumer thread adds to them), plus the waits the role itself
+    prolonged past `BUDGET_PATIENCE_S` (pauses: a 429, an open breaker)."""
+
+    def __init__(self, budget: LmlBudget) -> None:
+        self.budget = budget
+        self.pauses = 0
+        self.paused_s = 0.0
+        self._lock = threading.Lock()
+
+    def paused(self, seconds: float) -> None:
+        with self._lock:
+            self.pauses += 1
+            self.paused_s += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.budget.stats[LANE]
+        with self._lock:
+            pauses, paused_s = self.pauses, self.paused_s
+        yield CounterMetricFamily(
+            "wx_enrich_budget_waits", "LML calls that waited for the shared budget", stats.waits
+        )
+        yield CounterMetricFamily(
+            "wx_enrich_budget_wait_seconds",
+            "Time LML calls spent waiting for the shared budget",
+            stats.wait_ms / 1000 + paused_s,
+        )
+        yield CounterMetricFamily(
+            "wx_enrich_budget_pauses",
+            f"Budget waits longer than {BUDGET_PATIENCE_S}s (paused or breaker open)",
+            pauses,
+        )
+
+
+def _env_number(name: str, default: float, *, integer: bool = False) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = (int(raw) if integer else float(raw)) if raw else default
+    except ValueError:
+        raise SettingsError(
+            f"{name}={raw!r} is not {'an integer' if integer else 'a number'}"
+        ) from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be positive")
+    return value
+
+
+class EnrichRole:
+    name = "enrich"
+
+    def __init__(
+        self,
+        ctx: SidecarContext,
+        *,
+        consumer_name: str | None = None,
+        consumers: int | None = None,
+        cache_ttl_s: float | None = None,
+    ) -> None:
+        settings = ctx.settings
+        settings.require("LIBRARY_METADATA_URL")
+        client = ctx.redis()
+        self.pool: ConnectionPool = ctx.pool()
+        self.search_path = sql.SQL("SET search_path TO {}, wx_orchestration").format(
+            sql.Identifier(settings.station_schema)
+        )
+        self.budget = LmlBudget(
+            client,
+            BudgetLimits(
+                settings.lml_rate_per_second, settings.lml_max_concurrent, settings.lml_live_reserve
+            ),
+        )
+        # No client-side retries: a retry must queue for the budget like any other call.
+        self.lml_client = LmlClient(
+            settings.lml_url,
+            api_key=settings.lml_api_key,
+            total_timeout=settings.lml_timeout_s,
+            max_retries=0,
+        )
+        self.lml = BudgetedLml(self.lml_client, self.budget, LANE, timeout_s=BUDGET_PATIENCE_S)
+        ttl_s = cache_ttl_s or _env_number("WX_ENRICH_CACHE_TTL_S", DEFAULT_CACHE_TTL_S)
+        self.cache = LookupCache(client, ttl_s)
+        self.metrics = EnrichMetrics(ctx.metrics.registry)
+        self.budget_waits = BudgetWaits(self.budget)
+        ctx.metrics.registry.register(self.budget_waits)
+        self._stop = threading.Event()
+        count = consumers or int(
+            _env_number("WX_ENRICH_CONSUMERS", DEFAULT_CONSUMERS, integer=True)
+        )
+        name = consumer_name or ctx.instance
+        self.consumers = [
+            self._consumer(ctx, client, name if count == 1 else f"{name}/{n}") for n in range(count)
+        ]
+        self._threads: list[threading.Thread] = []
+
+    def _consumer(
+        self, ctx: SidecarContext, client: redis.Redis, name: str
+    ) -> StreamConsumer[FlowsheetEvent]:
+        return StreamConsumer(
+            client=client,
+            pool=self.pool,
+            stream=CDC_STREAM,
+            group=ENRICHMENT_GROUP,
+            consumer=name,
+            decode=decode_stream_entry,
+            sink=self.enrich_events,
+            metrics=ctx.metrics,
+            config=ctx.config,
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """Run every consumer until `stop`; each finishes its batch in hand before returning."""
+        self._stop = stop
+        first, *others = self.consumers
+        self._threads = [
+            threading.Thread(target=c.run, args=(stop,), name=f"enrich-{n}", daemon=True)
+            for n, c in enumerate(others, start=1)
+        ]
+        for thread in self._threads:
+            thread.start()
+        try:
+            first.run(stop)
+        finally:
+            for thread in self._threads:
+                thread.join()
+            self.lml_client.close()
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._stop.is_set() and any(not t.is_alive() for t in self._threads):
+            return False, "a consumer thread stopped"
+        errors = [c.last_error for c in self.consumers if c.last_error]
+        return (not errors, errors[0] if errors else "consuming")
+
+    def enrich_events(self, events: Sequence[FlowsheetEvent]) -> list[str]:
+        """The sink: every entry of the batch once each candidate row is finalized, released
+        or found not claimable; none if this raises (the batch is redelivered)."""
+        candidates: dict[int, Candidate] = {}
+        for event in events:
+            found = enrichment_candidate(effective_action(event), event.row)
+            if isinstance(found, Candidate):
+                candidates.setdefault(found.flowsheet_id, found)
+            else:
+                self.metrics.ignored.labels(found).inc()
+        ids = list(candidates)
+        for first in range(0, len(ids), MAX_LOOKUP_BULK_ITEMS):
+            self.enrich_rows(ids[first : first + MAX_LOOKUP_BULK_ITEMS])
+        return [event.entry_id for event in events]
+
+    def enrich_rows(self, ids: Sequence[int]) -> EnrichmentOutcome | None:
+        """Claim `ids` (one committed statement) and enrich those claimed; None if none was."""
+        with self._connection() as conn:
+            claimed = claim_rows_by_ids(conn, ids)
+            self.metrics.not_claimed.inc(len(ids) - len(claimed))
+            if not claimed:
+                return None
+            outcome = self._enrich_claimed(conn, claimed)
+        self.metrics.count(outcome)
+        return outcome
+
+    def _enrich_claimed(
+        self, conn: psycopg.Connection, claimed: Sequence[ClaimedRow]
+    ) -> EnrichmentOutcome:
+        # The flow asks its cache key by key; one MGET up front fills a per-batch cache
+        # instead, and the verdicts it adds afterwards are the new ones to share.
+        keys = {key for row in claimed if (key := row.key) is not None}
+        shared = self.cache.get_many(keys)
+        verdicts = VerdictCache()
+        for key, verdict in shared.items():
+            verdicts.put(key, verdict)
+        outcome = enrich_claimed(
+            conn, self.lml, claimed, around_call=self._call_in_budget, cache=verdicts
+        )
+        fresh = {key: v for key in keys - shared.keys() if (v := verdicts.get(key)) is not None}
+        self.cache.put_many(fresh)
+        return outcome
+
+    def _call_in_budget(
+        self, call: Callable[[], BulkLookupResponse], _items: int
+    ) -> BulkLookupResponse:
+        """Make the call once the live lane has a slot, however long that takes.
+
+        `BudgetedLml` gives up after `BUDGET_PATIENCE_S` (at once when the budget says the
+        wait is longer: a 429 pause, an open breaker) and before sending anything, so asking
+        again still makes one LML call; polling here lets a shutdown interrupt the wait.
+        """
+        while True:
+            tried = time.monotonic()
+            try:
+                return call()
+            except BudgetWaitTimeout:
+                stopping = self._stop.wait(BUDGET_POLL_S)
+                self.budget_waits.paused(time.monotonic() - tried)
+                if stopping:
+                    # An LmlError sends the claimed rows back to `pending` for the backlog.
+                    raise LmlError(
+                        "sidecar stopping while waiting for the LML budget", kind="rate_limited"
+                    ) from None
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled autocommit connection on the station schema (what the flow needs): the
+        claim commits at once and no transaction is held across the LML call."""
+        with self.pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                conn.execute(self.search_path)
+                yield conn
+            finally:
+                conn.autocommit = False
+
+
+def build(ctx: SidecarContext) -> EnrichRole:
+    return EnrichRole(ctx)
