@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         settings = Settings.from_env()
-        settings.require("DATABASE_URL", "REDIS_URL")
         roles = parse_roles(args.roles)
+        # The fast path calls LML; other roles don't need it.
+        lml = ("LIBRARY_METADATA_URL",) if "enrich" in roles else ()
+        settings.require("DATABASE_URL", "REDIS_URL", *lml)
     except (SettingsError, UnknownRole) as err:
         print(f"wx-sidecar: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -130,3 +131,15 @@ def test_leader_killed_a_standby_takes_over_and_nothing_is_lost(
         return set(written) - {e.flowsheet_id for e in stream_events(client)}
 
     poll(lambda: not missing(), timeout=20, what="every written row in wx:cdc")
+
+
+def test_enrich_role_without_lml_url_is_refused_clearly() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LIBRARY_METADATA_URL"}
+    env.update(DATABASE_URL="postgresql://x@127.0.0.1:1/x", REDIS_URL="redis://127.0.0.1:1/0")
+    done = subprocess.run(
+        [sys.executable, "-m", "wx_orchestration.sidecar", "--roles", "enrich"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "LIBRARY_METADATA_URL" in done.stderr
+    assert "Traceback" not in done.stderr
