@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from wx_orchestration.contracts.station import RESULT_COLUMNS
+
 LIVE_STREAM = "wx:live"
 # The projector's consumer group on `wx:cdc`.
 LIVE_GROUP = "live"
@@ -41,19 +43,6 @@ LIVE_EVENT_TYPES: tuple[LiveEventType, ...] = (
     "connection-established",
 )
 
-# The results LML gives a play; for a linked row (album_id not null) `album_metadata` holds them.
-ENRICHMENT_COLUMNS: tuple[str, ...] = (
-    "artwork_url",
-    "discogs_url",
-    "spotify_url",
-    "apple_music_url",
-    "youtube_music_url",
-    "bandcamp_url",
-    "soundcloud_url",
-    "artist_wikipedia_url",
-    "release_year",
-    "artist_bio",
-)
 
 # What a listener may see of a flowsheet row, and nothing else. Left out on purpose:
 # `enriching_since` (a claim's bookkeeping), `composer` and `composer_source` (not published by
@@ -74,7 +63,7 @@ CLIENT_COLUMNS: tuple[str, ...] = (
     "add_time",
     "updated_at",
     "dj_name",
-    *ENRICHMENT_COLUMNS,
+    *RESULT_COLUMNS,
     "metadata_status",
 )
 TIMESTAMP_COLUMNS = frozenset({"add_time", "updated_at"})

@@ -24,20 +24,8 @@ from wx_orchestration.contracts.lml import (
     LookupResponse,
     LookupResult,
 )
+from wx_orchestration.contracts.station import RESULT_COLUMNS
 
-# The result columns shared by `flowsheet` and `album_metadata` (DESIGN.md §2), in table order.
-RESULT_COLUMNS = (
-    "artwork_url",
-    "discogs_url",
-    "spotify_url",
-    "apple_music_url",
-    "youtube_music_url",
-    "bandcamp_url",
-    "soundcloud_url",
-    "artist_wikipedia_url",
-    "release_year",
-    "artist_bio",
-)
 URL_COLUMNS = frozenset(RESULT_COLUMNS) - {"release_year", "artist_bio"}
 # Every URL column is varchar(512): one longer value would fail a whole set-based finalize.
 MAX_URL_CHARS = 512

@@ -17,11 +17,11 @@ from typing import Any
 
 from wx_orchestration.contracts.live import (
     CLIENT_COLUMNS,
-    ENRICHMENT_COLUMNS,
     TIMESTAMP_COLUMNS,
     LiveEventType,
     LiveFrame,
 )
+from wx_orchestration.contracts.station import RESULT_COLUMNS
 from wx_orchestration.core.events import FlowsheetEvent, effective_action
 
 # Older rows never reach listeners: historical imports and backfills must not flood them.
@@ -83,7 +83,7 @@ def project_row(row: Mapping[str, Any], album: Mapping[str, Any] | None = None) 
     """
     payload = {column: row.get(column) for column in CLIENT_COLUMNS}
     if album is not None and linked_album_id(row) is not None:
-        for column in ENRICHMENT_COLUMNS:
+        for column in RESULT_COLUMNS:
             if album.get(column) is not None:
                 payload[column] = album[column]
     for column in TIMESTAMP_COLUMNS:

@@ -13,7 +13,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from wx_orchestration.contracts.live import CLIENT_COLUMNS, ENRICHMENT_COLUMNS
+from wx_orchestration.contracts.live import CLIENT_COLUMNS
+from wx_orchestration.contracts.station import RESULT_COLUMNS
 from wx_orchestration.core.live import project_row
 
 MAX_RECENT = 200
@@ -26,7 +27,7 @@ def recent_plays(conn: psycopg.Connection, schema: str, limit: int) -> list[dict
     The ORDER BY is the `(add_time DESC, id DESC)` index, so this reads `limit` index entries
     (plus the non-track rows between them) whatever the table's size.
     """
-    album_columns = [sql.SQL("am.{}").format(sql.Identifier(c)) for c in ENRICHMENT_COLUMNS]
+    album_columns = [sql.SQL("am.{}").format(sql.Identifier(c)) for c in RESULT_COLUMNS]
     query = sql.SQL(
         """
         SELECT {row_columns}, am.album_id IS NOT NULL AS has_album, {album_columns}
@@ -50,7 +51,7 @@ def recent_plays(conn: psycopg.Connection, schema: str, limit: int) -> list[dict
     plays = []
     for values in rows:
         row = dict(zip(CLIENT_COLUMNS, values[:width], strict=True))
-        album = dict(zip(ENRICHMENT_COLUMNS, values[width + 1 :], strict=True))
+        album = dict(zip(RESULT_COLUMNS, values[width + 1 :], strict=True))
         plays.append(project_row(row, album if values[width] else None))
     return plays
 
@@ -64,7 +65,7 @@ def album_metadata(
     query = sql.SQL(
         "SELECT album_id, {columns} FROM {album_metadata} WHERE album_id = ANY(%s)"
     ).format(
-        columns=sql.SQL(", ").join(sql.Identifier(c) for c in ENRICHMENT_COLUMNS),
+        columns=sql.SQL(", ").join(sql.Identifier(c) for c in RESULT_COLUMNS),
         album_metadata=sql.Identifier(schema, "album_metadata"),
     )
     with conn.cursor(row_factory=dict_row) as cur:

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from wx_orchestration.contracts.cdc import StreamAction, StreamEvent
 from wx_orchestration.contracts.live import (
     CLIENT_COLUMNS,
-    ENRICHMENT_COLUMNS,
     FrameError,
     LiveFrame,
 )
+from wx_orchestration.contracts.station import RESULT_COLUMNS
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
 from wx_orchestration.core.live import (
     Refetch,
@@ -55,7 +55,7 @@ def flowsheet_row(**changes: Any) -> dict[str, Any]:
         "composer_source": "discogs",
         "search_doc": "'stereolab':1A",
         "legacy_show_code": "X7",
-        **{column: None for column in ENRICHMENT_COLUMNS},
+        **{column: None for column in RESULT_COLUMNS},
     }
     row.update(changes)
     return row
@@ -129,7 +129,7 @@ def test_payload_is_the_client_columns_only_with_utc_timestamps() -> None:
 
 def test_linked_rows_take_enrichment_from_album_metadata() -> None:
     row = flowsheet_row(album_id=42, artwork_url="https://old/a.jpg", discogs_url="https://d/1")
-    album = {column: None for column in ENRICHMENT_COLUMNS} | {"artwork_url": "https://new/a.jpg"}
+    album = {column: None for column in RESULT_COLUMNS} | {"artwork_url": "https://new/a.jpg"}
     linked = project_row(row, album)
     assert linked["artwork_url"] == "https://new/a.jpg"
     assert linked["discogs_url"] == "https://d/1"  # album_metadata has none: the row's stands
