@@ -61,7 +61,7 @@ def offending(folder: str, allowed_ours: tuple[str, ...], banned: tuple[str, ...
                 "wx_orchestration.settings",
             ),
             ("dagster",),
-        ),  # fmt: skip
+        ),
         (
             "defs",
             (
@@ -74,7 +74,7 @@ def offending(folder: str, allowed_ours: tuple[str, ...], banned: tuple[str, ...
                 "wx_orchestration.settings",
             ),
             (),
-        ),  # fmt: skip
+        ),
         # Shared by both paths, so neither Dagster nor either side.
         (
             "flows",
@@ -86,12 +86,12 @@ def offending(folder: str, allowed_ours: tuple[str, ...], banned: tuple[str, ...
                 "wx_orchestration.clients",
             ),
             ("dagster",),
-        ),  # fmt: skip
+        ),
         (
             "clients",
             ("wx_orchestration.clients", "wx_orchestration.core", "wx_orchestration.contracts"),
             ("dagster",),
-        ),  # fmt: skip
+        ),
         (
             "db",
             (
@@ -101,7 +101,7 @@ def offending(folder: str, allowed_ours: tuple[str, ...], banned: tuple[str, ...
                 "wx_orchestration.settings",
             ),
             ("dagster",),
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_layer_imports_only_what_it_may(folder: str, allowed_ours: tuple, banned: tuple) -> None:
