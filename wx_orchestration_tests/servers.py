@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -47,14 +48,14 @@ def _drop_database(admin_url: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("servers")
+def servers_dir() -> Iterator[Path]:
+    # Not under pytest's basetemp: a later pytest session of the same user prunes old basetemps,
+    # which would delete a running server's data directory from under it.
+    path = Path(tempfile.mkdtemp(prefix="wx-test-servers-"))
     # PostgreSQL runs as `nobody` when we are root; let it reach its data directory.
-    for parent in [path, *path.parents]:
-        if parent in (Path(tempfile.gettempdir()), Path("/")):
-            break
-        parent.chmod(parent.stat().st_mode | 0o711)
-    return path
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
