@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # The enrichment results, in table order: on `flowsheet` for unlinked rows, in
 # `album_metadata` (keyed by album_id) for linked ones.
-RESULT_COLUMNS: tuple[str, ...] = (
+RESULT_COLUMNS = (
     "artwork_url",
     "discogs_url",
     "spotify_url",
