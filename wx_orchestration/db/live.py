@@ -51,7 +51,7 @@ def recent_plays(conn: psycopg.Connection, schema: str, limit: int) -> list[dict
     plays = []
     for values in rows:
         row = dict(zip(CLIENT_COLUMNS, values[:width], strict=True))
-        album = dict(zip(RESULT_COLUMNS, values[width + 1 :], strict=True))
+        album: dict[str, Any] = dict(zip(RESULT_COLUMNS, values[width + 1 :], strict=True))
         plays.append(project_row(row, album if values[width] else None))
     return plays
 
