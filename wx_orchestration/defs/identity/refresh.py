@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -86,35 +87,56 @@ def refresh_shard(
     progress: Callable[[str], None] = log.info,
 ) -> RefreshResult:
     """Refresh every stale row of one shard. `conn` must be in autocommit mode: each batch is
-    its own transaction and nothing is held open across an LML call."""
+    its own transaction and nothing is held open across an LML call.
+
+    One LML call is in flight while the previous batch is written, so database time hides
+    behind LML time; never more than one, so a run asks no more of LML than a sequential one.
+    """
     if not conn.autocommit:
         raise ValueError("refresh_shard needs an autocommit connection")
     result = RefreshResult(diff=IdentityDiff() if options.dry_run else None)
     totals = result.totals
-    after_id = 0
-    while True:
+
+    def next_batch(after_id: int) -> list[LibraryRow]:
         batch = select_stale_batch(
             conn, options.selection, after_id=after_id, limit=options.batch_size
         )
-        if not batch:
-            break
-        after_id = batch[-1].library_id
-        result.batches += 1
+        result.batches += bool(batch)
         totals.scanned += len(batch)
-        response = _resolve(lml, batch, totals)
-        if response is None:
-            totals.skip("lml_error", len(batch))
-            continue
-        plan = plan_batch(batch, response)
-        if result.diff is not None:
-            main, sources = current_rows(conn, [w.library_id for w in plan.writes])
-            diff_writes(plan.writes, main, sources, result.diff)
-            plan.apply_to(totals, written=len(plan.writes), writer_errors=0)
-        else:
-            outcome = write_batch(conn, plan.writes, plan.unresolved_ids)
-            plan.apply_to(totals, written=outcome.written, writer_errors=outcome.writer_errors)
-        progress(
-            f"shard {options.selection.shard:02d} batch {result.batches}: {len(batch)} rows "
-            f"up to id {after_id}; {totals.scanned} scanned so far"
-        )
+        return batch
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lml-identity") as lml_thread:
+        batch = next_batch(0)
+        answer = lml_thread.submit(_resolve, lml, batch, totals) if batch else None
+        while batch and answer is not None:
+            following = next_batch(batch[-1].library_id)
+            response = answer.result()  # an auth error stops the run here
+            answer = lml_thread.submit(_resolve, lml, following, totals) if following else None
+            _record(conn, batch, response, result)
+            progress(
+                f"shard {options.selection.shard:02d} batch {result.batches}: {len(batch)} "
+                f"rows up to id {batch[-1].library_id}; {totals.scanned} scanned so far"
+            )
+            batch = following
     return result
+
+
+def _record(
+    conn: psycopg.Connection,
+    batch: list[LibraryRow],
+    response: BulkResolveResponse | None,
+    result: RefreshResult,
+) -> None:
+    """Write (or, in a dry run, diff) one batch's verdicts and count its outcomes."""
+    totals = result.totals
+    if response is None:
+        totals.skip("lml_error", len(batch))
+        return
+    plan = plan_batch(batch, response)
+    if result.diff is not None:
+        main, sources = current_rows(conn, [w.library_id for w in plan.writes])
+        diff_writes(plan.writes, main, sources, result.diff)
+        plan.apply_to(totals, written=len(plan.writes), writer_errors=0)
+    else:
+        outcome = write_batch(conn, plan.writes, plan.unresolved_ids)
+        plan.apply_to(totals, written=outcome.written, writer_errors=outcome.writer_errors)
