@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -66,3 +68,19 @@ def station_connection(url: str, *, autocommit: bool = True) -> psycopg.Connecti
     conn = psycopg.connect(url, autocommit=autocommit)
     conn.execute(f"SET search_path TO {STATION_SCHEMA}, wx_orchestration")
     return conn
+
+
+@contextmanager
+def emulator_process(*args: str) -> Iterator[str]:
+    """The LML emulator in its own process, so its CPU is not counted as ours; yields its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wx_orchestration.devstack.lml_emulator", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)

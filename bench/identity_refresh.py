@@ -1,8 +1,9 @@
 """Library identity refresh at station scale (issue #3).
 
-A 65,000-row library refreshed against the zero-latency LML emulator. Reports the whole refresh
-excluding LML time, and the write path alone against a naive writer (one statement per row,
-one transaction per library) measured in the same run on the same verdicts.
+A 65,000-row library refreshed against the zero-latency LML emulator, run in its own process so
+that its CPU is not counted as ours. Reports the whole refresh excluding LML time, and the write
+path alone against a naive writer (one statement per row, one transaction per library) measured
+in the same run on the same verdicts.
 
     python -m bench.identity_refresh [--rows 65000] [--baseline-rows 10000]
 """
@@ -14,12 +15,11 @@ import time
 
 import psycopg
 
-from bench.common import bench_database, station_connection
+from bench.common import bench_database, emulator_process, station_connection
 from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.core.identity import WRITER_NOTE, IdentityWrite, plan_batch
 from wx_orchestration.db.identity import SHARD_COUNT, Selection, select_stale_batch, write_batch
 from wx_orchestration.defs.identity.refresh import RefreshOptions, refresh_shard
-from wx_orchestration.devstack.lml_emulator import start_in_thread
 
 
 def seed(conn: psycopg.Connection, rows: int) -> None:
@@ -97,8 +97,8 @@ def main() -> None:
     parser.add_argument("--baseline-rows", type=int, default=10_000)
     args = parser.parse_args()
 
-    with bench_database() as url, start_in_thread() as emulator, station_connection(url) as conn:
-        lml = LmlClient(emulator.url, total_timeout=120, max_retries=0)
+    with bench_database() as url, emulator_process() as lml_url, station_connection(url) as conn:
+        lml = LmlClient(lml_url, total_timeout=120, max_retries=0)
         seed(conn, args.rows)
 
         started = time.perf_counter()
