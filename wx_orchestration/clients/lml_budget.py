@@ -129,8 +129,13 @@ return 'counted'
 """
 
 
-class BudgetWaitTimeout(TimeoutError):
-    """No LML slot within the caller's deadline (the budget is saturated or paused)."""
+class BudgetWaitTimeout(LmlError):
+    """No LML slot within the caller's deadline (the budget is saturated, paused or the breaker
+    is open). Nothing was sent; to callers it is LML being unavailable, so rows they hold go
+    back to work exactly as after a failed call."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="rate_limited", retryable=True)
 
 
 @dataclass

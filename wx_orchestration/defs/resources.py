@@ -176,8 +176,11 @@ class LmlBudgetResource(dg.ConfigurableResource):
             )
         return self._budget
 
-    def budgeted(self, lml: LmlResource, lane: str) -> BudgetedLml:
-        return BudgetedLml(lml.get_client(), self.get_budget(), lane)
+    def budgeted(
+        self, lml: LmlResource, lane: str, *, wait_timeout_s: float | None = None
+    ) -> BudgetedLml:
+        """`lml` drawing on the budget in `lane`; a caller holding claims bounds its waits."""
+        return BudgetedLml(lml.get_client(), self.get_budget(), lane, timeout_s=wait_timeout_s)
 
 
 def _optional_env(name: str, default: str) -> str:

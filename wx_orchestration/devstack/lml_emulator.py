@@ -386,29 +386,36 @@ class LmlEmulator:
 
     async def _api(self, request: Request) -> Response:
         items = 0
+        # Logged even when the client gives up during the emulated latency (499, as nginx
+        # says): LML received that call, and rate checks count from this log.
+        status = 499
         try:
-            self._check_auth(request)
-            faults = self.faults()
-            if self._take_rate_limit():
-                response: Response = JSONResponse(
-                    {"detail": "rate limited (emulated)"},
-                    status_code=429,
-                    headers={"Retry-After": str(faults.retry_after)},
-                )
-            else:
-                if faults.latency_ms:
-                    await asyncio.sleep(faults.latency_ms / 1000)
-                try:
-                    body = json.loads(await request.body())
-                except ValueError:
-                    raise _Refusal(422, "body is not JSON") from None
-                items, payload = self._answer(request.url.path, body, faults)
-                response = self._deliver(payload, faults)
-        except _Refusal as refusal:
-            items = refusal.items
-            response = JSONResponse({"detail": refusal.detail}, status_code=refusal.status)
-        self._record(request, items, response.status_code)
-        return response
+            raw = await request.body()
+            try:
+                self._check_auth(request)
+                faults = self.faults()
+                if self._take_rate_limit():
+                    response: Response = JSONResponse(
+                        {"detail": "rate limited (emulated)"},
+                        status_code=429,
+                        headers={"Retry-After": str(faults.retry_after)},
+                    )
+                else:
+                    if faults.latency_ms:
+                        await asyncio.sleep(faults.latency_ms / 1000)
+                    try:
+                        body = json.loads(raw)
+                    except ValueError:
+                        raise _Refusal(422, "body is not JSON") from None
+                    items, payload = self._answer(request.url.path, body, faults)
+                    response = self._deliver(payload, faults)
+            except _Refusal as refusal:
+                items = refusal.items
+                response = JSONResponse({"detail": refusal.detail}, status_code=refusal.status)
+            status = response.status_code
+            return response
+        finally:
+            self._record(request, items, status)
 
     def _deliver(self, payload: dict[str, Any], faults: Faults) -> Response:
         if self._chance(faults.error_rate):

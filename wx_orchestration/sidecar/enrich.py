@@ -39,7 +39,7 @@ from prometheus_client.registry import Collector
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from wx_orchestration.clients.lml import LmlClient, LmlError
+from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.clients.lml_budget import BudgetedLml, BudgetWaitTimeout, LmlBudget
 from wx_orchestration.clients.lookup_cache import LookupCache
 from wx_orchestration.contracts.cdc import CDC_STREAM, ENRICHMENT_GROUP
@@ -49,17 +49,22 @@ from wx_orchestration.core.enrichment import Candidate, ClaimedRow, enrichment_c
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry, effective_action
 from wx_orchestration.db.enrichment import claim_rows_by_ids
 from wx_orchestration.flows.enrichment import EnrichmentOutcome, VerdictCache, enrich_claimed
-from wx_orchestration.settings import SettingsError
+from wx_orchestration.settings import env_float, env_int
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.roles import SidecarContext
 
 LANE = "live"
 DEFAULT_CACHE_TTL_S = 3600.0
 DEFAULT_CONSUMERS = 3
-# A play waits for the LML budget as long as it takes (never shed); these only bound how long
-# one wait lasts before the role checks whether it is shutting down, and how often it asks again.
+# A play waits for the LML budget rather than being shed; these bound how long one wait lasts
+# before the role checks whether it is shutting down, and how often it asks again.
 BUDGET_PATIENCE_S = 2.0
 BUDGET_POLL_S = 0.25
+# But claimed rows are never held longer than this while waiting (an open breaker, a long 429
+# pause): past it they go back to `pending` for the backlog, before the stale sweep's lease
+# (60 s by default) could count the wait as the row's failure. Must stay below the lease minus
+# LML_TIMEOUT_S.
+DEFAULT_MAX_BUDGET_WAIT_S = 30.0
 
 
 class EnrichMetrics:
@@ -130,19 +135,6 @@ class BudgetWaits(Collector):
         )
 
 
-def _env_number(name: str, default: float, *, integer: bool = False) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = (int(raw) if integer else float(raw)) if raw else default
-    except ValueError:
-        raise SettingsError(
-            f"{name}={raw!r} is not {'an integer' if integer else 'a number'}"
-        ) from None
-    if value <= 0:
-        raise SettingsError(f"{name}={raw!r} must be positive")
-    return value
-
-
 class EnrichRole:
     name = "enrich"
 
@@ -175,14 +167,19 @@ class EnrichRole:
             max_retries=0,
         )
         self.lml = BudgetedLml(self.lml_client, self.budget, LANE, timeout_s=BUDGET_PATIENCE_S)
-        ttl_s = cache_ttl_s or _env_number("WX_ENRICH_CACHE_TTL_S", DEFAULT_CACHE_TTL_S)
+        ttl_s = cache_ttl_s or env_float(
+            os.environ, "WX_ENRICH_CACHE_TTL_S", DEFAULT_CACHE_TTL_S, minimum=1
+        )
+        self.max_budget_wait_s = env_float(
+            os.environ, "WX_ENRICH_MAX_BUDGET_WAIT_S", DEFAULT_MAX_BUDGET_WAIT_S, minimum=1
+        )
         self.cache = LookupCache(client, ttl_s)
         self.metrics = EnrichMetrics(ctx.metrics.registry)
         self.budget_waits = BudgetWaits(self.budget)
         ctx.metrics.registry.register(self.budget_waits)
         self._stop = threading.Event()
-        count = consumers or int(
-            _env_number("WX_ENRICH_CONSUMERS", DEFAULT_CONSUMERS, integer=True)
+        count = consumers or env_int(
+            os.environ, "WX_ENRICH_CONSUMERS", DEFAULT_CONSUMERS, minimum=1
         )
         name = consumer_name or ctx.instance
         self.consumers = [
@@ -274,12 +271,15 @@ class EnrichRole:
     def _call_in_budget(
         self, call: Callable[[], BulkLookupResponse], _items: int
     ) -> BulkLookupResponse:
-        """Make the call once the live lane has a slot, however long that takes.
+        """Make the call once the live lane has a slot, waiting up to `max_budget_wait_s`.
 
         `BudgetedLml` gives up after `BUDGET_PATIENCE_S` (at once when the budget says the
         wait is longer: a 429 pause, an open breaker) and before sending anything, so asking
-        again still makes one LML call; polling here lets a shutdown interrupt the wait.
+        again still makes one LML call; polling here lets a shutdown interrupt the wait. Giving
+        up raises `BudgetWaitTimeout`, an `LmlError`: the flow sends the claimed rows back to
+        `pending` (not their fault, so never towards parking) and the backlog takes them.
         """
+        deadline = time.monotonic() + self.max_budget_wait_s
         while True:
             tried = time.monotonic()
             try:
@@ -288,9 +288,13 @@ class EnrichRole:
                 stopping = self._stop.wait(BUDGET_POLL_S)
                 self.budget_waits.paused(time.monotonic() - tried)
                 if stopping:
-                    # An LmlError sends the claimed rows back to `pending` for the backlog.
-                    raise LmlError(
-                        "sidecar stopping while waiting for the LML budget", kind="rate_limited"
+                    raise BudgetWaitTimeout(
+                        "sidecar stopping while waiting for the LML budget"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise BudgetWaitTimeout(
+                        f"no LML budget for {self.max_budget_wait_s:g}s; claimed rows go back "
+                        "to pending for the backlog"
                     ) from None
 
     @contextmanager

@@ -26,6 +26,7 @@ from wx_orchestration.devstack.lml_emulator import (
     EmulatorHandle,
     start_in_thread,
 )
+from wx_orchestration.devstack.processes import wait_until
 
 SECRET = "sk-test-SECRET-9f8e7d"
 
@@ -653,3 +654,17 @@ def test_no_authorization_header_without_a_key(
 
     assert authorization_of(server.requests[0]) == ""
     assert "api_key=<empty>" in repr(client)
+
+
+def test_the_emulator_logs_a_call_whose_client_timed_out(lml_emulator: EmulatorHandle) -> None:
+    lml_emulator.set_faults(latency_ms=1500)
+    client = LmlClient(lml_emulator.url, read_timeout=0.2, total_timeout=0.5, max_retries=0)
+    with pytest.raises(LmlError) as info:
+        client.lookup_bulk([{"artist": "Can"}])
+    assert info.value.kind == "timeout"
+    client.close()
+    wait_until(
+        lambda: any(r["path"] == "/api/v1/lookup/bulk" for r in lml_emulator.requests()),
+        timeout=10,
+        what="the abandoned call in the emulator's log",
+    )

@@ -363,6 +363,39 @@ def test_stopping_during_a_budget_pause_returns_the_claimed_play_to_pending(
     assert unacked(client) == 0
 
 
+def test_a_claim_is_never_held_past_the_budget_wait_limit(
+    make_role: Callable[..., EnrichRole],
+    conn: psycopg.Connection,
+    client: redis.Redis,
+    lml_emulator: EmulatorHandle,
+) -> None:
+    role = make_role()
+    role.max_budget_wait_s = 1.0
+    # The shared breaker is open for longer than any claim may wait (an LML outage).
+    client.set(LmlBudget.keys("lookup")["open"], "1", px=120_000)
+    row = add_play(conn, "Stereolab")
+    bridge(client, row)
+    stop = threading.Event()
+    worker = threading.Thread(target=role.run, args=(stop,))
+    worker.start()
+    try:
+        poll(lambda: outcomes(role)["error"] == 1, what="the claim to be given back")
+    finally:
+        stop.set()
+        worker.join(10)
+    assert calls_sent(lml_emulator) == 0
+    assert status(conn, row["id"]) == "pending"  # back to work for the backlog
+    reason = conn.execute(
+        "SELECT last_error, parked_reason FROM wx_orchestration.enrichment_attempts "
+        "WHERE flowsheet_id = %s",
+        (row["id"],),
+    ).fetchone()
+    assert reason is not None
+    assert "rate_limited" in reason[0]
+    assert reason[1] is None  # an outage is never the row's fault
+    assert unacked(client) == 0
+
+
 def test_the_fast_path_and_the_backlog_racing_finalize_each_row_once(
     make_role: Callable[..., EnrichRole],
     conn: psycopg.Connection,

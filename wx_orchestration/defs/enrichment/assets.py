@@ -7,14 +7,23 @@ from pydantic import Field
 
 from wx_orchestration.clients.lml import LmlError
 from wx_orchestration.clients.lml_budget import wait_until_lml_ready
+from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS
 from wx_orchestration.defs.enrichment.partitions import FLOWSHEET_DAYS
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.flows.enrichment import BacklogResult, drain_backlog
 
+# A backlog run holds its claim while it waits for the budget; past this wait the rows go back
+# to `pending` (not their fault) and the run stops, well before the stale sweep's lease.
+BACKLOG_BUDGET_WAIT_S = 15.0
+
 
 class FlowsheetEnrichmentConfig(dg.Config):
     batch_size: int = Field(
-        default=500, ge=1, le=5000, description="rows claimed per batch (up to 100 per LML call)"
+        default=100,
+        ge=1,
+        le=MAX_LOOKUP_BULK_ITEMS,
+        description="rows claimed at a time; at most one LML call's worth, so that no claim is "
+        "held across several budget waits",
     )
     time_budget_s: float = Field(
         default=3000.0, gt=0, description="stop cleanly between batches after this many seconds"
@@ -61,7 +70,7 @@ def flowsheet_enrichment(
 ) -> dg.MaterializeResult:
     window = context.partition_time_window
     label = f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}"
-    client = lml_budget.budgeted(lml, "backlog")
+    client = lml_budget.budgeted(lml, "backlog", wait_timeout_s=BACKLOG_BUDGET_WAIT_S)
     stopped = wait_until_lml_ready(
         client, max_wait_s=config.breaker_wait_s, progress=context.log.warning
     )

@@ -12,6 +12,7 @@ from wx_orchestration.db.sweeps import (
     parked_rows,
     requeue,
 )
+from wx_orchestration.defs.enrichment.assets import BACKLOG_BUDGET_WAIT_S
 from wx_orchestration.defs.observability.sentry import sentry_failure_hook
 from wx_orchestration.defs.resources import LmlResource, PostgresResource
 
@@ -43,7 +44,8 @@ def sweep_stale_claims(
     lml: LmlResource,
 ) -> None:
     try:
-        check_lease(config.lease_s, lml.total_timeout_s)
+        # A backlog run may hold a claim through one budget wait and one LML call.
+        check_lease(config.lease_s, lml.total_timeout_s + BACKLOG_BUDGET_WAIT_S)
     except LeaseTooShort as exc:
         raise dg.Failure(description=str(exc)) from None
     policy = RetryPolicy(
