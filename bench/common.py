@@ -7,8 +7,9 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -84,3 +85,20 @@ def emulator_process(*args: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def copy_plays(
+    conn: psycopg.Connection, plays: Iterable[tuple[str, str, str]], *, start: datetime
+) -> None:
+    """Pending track rows (artist, album, track), spread evenly over the day from `start`,
+    loaded with one COPY; then VACUUM ANALYZE so the planner sees the table as it is."""
+    rows = list(plays)
+    step = timedelta(days=1) / max(len(rows), 1)
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY flowsheet (artist_name, album_title, track_title, play_order, add_time) "
+            "FROM STDIN"
+        ) as copy:
+            for i, (artist, album, track) in enumerate(rows):
+                copy.write_row((artist, album, track, i, start + i * step))
+        cur.execute("VACUUM ANALYZE flowsheet")

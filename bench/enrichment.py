@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from bench.common import bench_database, station_connection
+from bench.common import bench_database, copy_plays, station_connection
 from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.contracts.lml import Artwork
 from wx_orchestration.core.enrichment import ClaimedRow, FinalizePlan, Verdict, finalize_plan
@@ -39,24 +39,12 @@ ARTWORK = Artwork(
 
 
 def seed(conn: psycopg.Connection, rows: int) -> None:
-    step = timedelta(days=1) / rows
-    with conn.cursor() as cur:
-        with cur.copy(
-            "COPY flowsheet (artist_name, album_title, track_title, play_order, add_time) "
-            "FROM STDIN"
-        ) as copy:
-            for i in range(rows):
-                play = i % DISTINCT_PLAYS
-                copy.write_row(
-                    (
-                        f"Artist {play % 9000}",
-                        f"Album {play}",
-                        f"Track {play}",
-                        i,
-                        DAY_START + i * step,
-                    )
-                )
-        cur.execute("VACUUM ANALYZE flowsheet")
+    plays = (i % DISTINCT_PLAYS for i in range(rows))
+    copy_plays(
+        conn,
+        ((f"Artist {p % 9000}", f"Album {p}", f"Track {p}") for p in plays),
+        start=DAY_START,
+    )
 
 
 def reset(conn: psycopg.Connection) -> None:

@@ -38,7 +38,13 @@ import httpx
 import psycopg
 import redis
 
-from bench.common import STATION_SCHEMA, bench_database, bench_redis, station_connection
+from bench.common import (
+    STATION_SCHEMA,
+    bench_database,
+    bench_redis,
+    copy_plays,
+    station_connection,
+)
 from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
 from wx_orchestration.contracts.cdc import CDC_STREAM
@@ -313,19 +319,13 @@ def live_latency(args: argparse.Namespace, redis_url: str) -> None:
 
 def seed_backfill(conn: psycopg.Connection, rows: int, distinct: int) -> None:
     rng = random.Random(11)
-    step = timedelta(days=1) / rows
-    with conn.cursor() as cur:
-        with cur.copy(
-            "COPY flowsheet (artist_name, album_title, track_title, play_order, add_time) "
-            "FROM STDIN"
-        ) as copy:
-            for i in range(rows):
-                record = rng.randrange(distinct)
-                artist = f"Artist {record % (distinct // 4 or 1)}"
-                copy.write_row(
-                    (artist, f"Album {record}", f"Track {record}", i, DAY_START + i * step)
-                )
-        cur.execute("VACUUM ANALYZE flowsheet")
+    records = [rng.randrange(distinct) for _ in range(rows)]
+    artists = distinct // 4 or 1
+    copy_plays(
+        conn,
+        ((f"Artist {r % artists}", f"Album {r}", f"Track {r}") for r in records),
+        start=DAY_START,
+    )
 
 
 def lane_use(name: str, grants: int, cap_per_s: float, elapsed: float) -> str:

@@ -18,11 +18,9 @@ import pytest
 from wx_orchestration.defs.enrichment.assets import flowsheet_enrichment
 from wx_orchestration.defs.enrichment.sensors import MAX_RUNS_PER_TICK, enrichment_backlog_sensor
 from wx_orchestration.defs.resources import (
-    LmlBudgetResource,
-    LmlResource,
     PostgresResource,
-    RedisResource,
 )
+from wx_orchestration_tests.dagster_support import asset_resources, materialization_metadata
 from wx_orchestration_tests.integration.test_enrichment_flow import DAY_START, SCHEMA, add_play
 
 # Switch to "wx_orchestration.definitions" once it wires the enrichment definitions.
@@ -48,23 +46,11 @@ def materialize(
     config = kwargs.pop("config", {})
     return dg.materialize(
         [flowsheet_enrichment],
-        resources={
-            "lml": LmlResource(base_url=lml_url, max_retries=0),
-            "postgres": PostgresResource(database_url=db_url),
-            "lml_budget": LmlBudgetResource(
-                redis=RedisResource(url=redis_url), rate_per_second=1000, max_concurrent=5
-            ),
-        },
+        resources=asset_resources(db_url, lml_url, redis_url),
         run_config={"ops": {"flowsheet_enrichment": {"config": config}}},
         raise_on_error=False,
         **kwargs,  # type: ignore[arg-type]
     )
-
-
-def metadata_of(result: dg.ExecuteInProcessResult) -> dict[str, object]:
-    event = result.get_asset_materialization_events()[0]
-    mat = event.step_materialization_data.materialization
-    return {key: value.value for key, value in mat.metadata.items()}
 
 
 def test_a_run_drains_its_day_only(station_db, conn, lml_emulator, redis_url) -> None:
@@ -80,7 +66,7 @@ def test_a_run_drains_its_day_only(station_db, conn, lml_emulator, redis_url) ->
         config={"batch_size": 7},
     )
     assert result.success
-    metadata = metadata_of(result)
+    metadata = materialization_metadata(result)
     outcomes = metadata["outcomes"]
     assert isinstance(outcomes, dict)
     assert outcomes["match"] + outcomes["no_match"] == 30
@@ -110,7 +96,7 @@ def test_a_range_backfill_is_one_run_over_every_day(
         },
     )
     assert result.success
-    assert metadata_of(result)["dagster/row_count"] == 2
+    assert materialization_metadata(result)["dagster/row_count"] == 2
     after = statuses(conn)
     assert after.pop("pending") == 1
     assert sum(after.values()) == 2
@@ -123,7 +109,7 @@ def test_grace_period_leaves_young_rows_to_the_fast_path(
     today = datetime.now(NEW_YORK).date().isoformat()
     result = materialize(station_db, lml_emulator.url, redis_url, partition_key=today)
     assert result.success
-    assert metadata_of(result)["dagster/row_count"] == 0
+    assert materialization_metadata(result)["dagster/row_count"] == 0
     assert conn.execute(
         "SELECT metadata_status::text FROM flowsheet WHERE id = %s", (young,)
     ).fetchone() == ("pending",)
@@ -134,7 +120,7 @@ def test_grace_period_leaves_young_rows_to_the_fast_path(
         partition_key=today,
         config={"grace_period_s": 0},
     )
-    assert metadata_of(result)["dagster/row_count"] == 1
+    assert materialization_metadata(result)["dagster/row_count"] == 1
 
 
 def test_time_budget_stops_cleanly(station_db, conn, lml_emulator, redis_url) -> None:
@@ -147,7 +133,7 @@ def test_time_budget_stops_cleanly(station_db, conn, lml_emulator, redis_url) ->
         config={"time_budget_s": 1e-9},
     )
     assert result.success
-    assert metadata_of(result)["stopped"] == "time_budget"
+    assert materialization_metadata(result)["stopped"] == "time_budget"
     assert statuses(conn) == {"pending": 1}
 
 
@@ -268,6 +254,6 @@ def test_an_open_discogs_breaker_pauses_the_run_then_it_ends_cleanly(
         config={"breaker_wait_s": 0},
     )  # fmt: skip
     assert result.success
-    assert "breaker open" in str(metadata_of(result)["stopped"])
+    assert "breaker open" in str(materialization_metadata(result)["stopped"])
     assert statuses(conn).get("pending") == 1
     assert [r["path"] for r in lml_emulator.requests()] == ["/health"]

@@ -14,12 +14,7 @@ import pytest
 
 from wx_orchestration.defs.identity.assets import library_identity
 from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
-from wx_orchestration.defs.resources import (
-    LmlBudgetResource,
-    LmlResource,
-    PostgresResource,
-    RedisResource,
-)
+from wx_orchestration_tests.dagster_support import asset_resources, materialization_metadata
 from wx_orchestration_tests.integration.test_identity_refresh import seed_library
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,22 +34,10 @@ def run_shard(
     return dg.materialize(
         [library_identity],
         partition_key=shard,
-        resources={
-            "lml": LmlResource(base_url=lml_url, api_key="sk-asset-secret", max_retries=0),
-            "postgres": PostgresResource(database_url=db_url),
-            "lml_budget": LmlBudgetResource(
-                redis=RedisResource(url=redis_url), rate_per_second=1000, max_concurrent=5
-            ),
-        },
+        resources=asset_resources(db_url, lml_url, redis_url, api_key="sk-asset-secret"),
         run_config={"ops": {"library_identity": {"config": config}}},
         raise_on_error=False,
     )
-
-
-def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
-    (event,) = result.get_asset_materialization_events()
-    mat = event.step_materialization_data.materialization
-    return {key: value.value for key, value in mat.metadata.items()}
 
 
 def test_materialization_reports_totals_outcomes_and_checks(
