@@ -17,13 +17,10 @@ import pytest
 
 from wx_orchestration.defs.enrichment.assets import flowsheet_enrichment
 from wx_orchestration.defs.enrichment.sensors import MAX_RUNS_PER_TICK, enrichment_backlog_sensor
-from wx_orchestration.defs.resources import (
-    PostgresResource,
-)
+from wx_orchestration.defs.resources import PostgresResource
 from wx_orchestration_tests.dagster_support import asset_resources, materialization_metadata
 from wx_orchestration_tests.integration.test_enrichment_flow import DAY_START, SCHEMA, add_play
 
-# Switch to "wx_orchestration.definitions" once it wires the enrichment definitions.
 DEFINITIONS_MODULE = "wx_orchestration.definitions"
 NEW_YORK = ZoneInfo("America/New_York")
 
