@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +27,9 @@ log = logging.getLogger("wx_orchestration.db")
 
 OUR_SCHEMA = "wx_orchestration"
 STATION_KIND = "station"
-DEFAULT_SQL_ROOT = Path(__file__).resolve().parents[2] / "sql"
+# The repository's `sql/` next to the package; an installed package (the Docker image) is told
+# where the files are with WX_SQL_DIR.
+DEFAULT_SQL_ROOT = Path(os.environ.get("WX_SQL_DIR") or Path(__file__).resolve().parents[2] / "sql")
 
 # Fixed, arbitrary key shared by every runner ("wxmigr" in ASCII), so that concurrent runners
 # (several sidecars starting at once, a `wx migrate` during a deploy) apply each file once.
@@ -93,7 +96,7 @@ def apply_migrations(
 
     The station mirror is touched only when `with_station_schema` is set.
     """
-    files = _plan(sql_root or DEFAULT_SQL_ROOT, with_station_schema, station_schema)
+    files = _plan(sql_root or _sql_root(), with_station_schema, station_schema)
     applied: list[str] = []
     with _locked_connection(conninfo) as conn:
         _ensure_bookkeeping(conn)
@@ -114,10 +117,19 @@ def migration_status(
     sql_root: Path | None = None,
 ) -> list[tuple[str, datetime | None]]:
     """Each known file's display name and when it was applied (None: pending). Read-only."""
-    files = _plan(sql_root or DEFAULT_SQL_ROOT, with_station_schema, station_schema)
+    files = _plan(sql_root or _sql_root(), with_station_schema, station_schema)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         applied_at = _recorded_times(conn)
     return [(f.display_name, applied_at.get(f.key)) for f in files]
+
+
+def _sql_root() -> Path:
+    if not (DEFAULT_SQL_ROOT / "migrations").is_dir():
+        raise MigrationError(
+            f"no migrations found under {DEFAULT_SQL_ROOT}; set WX_SQL_DIR to the repository's "
+            "sql/ directory"
+        )
+    return DEFAULT_SQL_ROOT
 
 
 def _plan(sql_root: Path, with_station_schema: bool, station_schema: str) -> list[MigrationFile]:
