@@ -17,7 +17,8 @@ from types import FrameType
 
 import redis
 
-from wx_orchestration.contracts.cdc import CDC_STREAM, GroupStats, SidecarHeartbeat, heartbeat_key
+from wx_orchestration.clients.redis_client import stream_groups
+from wx_orchestration.contracts.cdc import CDC_STREAM, SidecarHeartbeat, heartbeat_key
 from wx_orchestration.db.pool import close_shared_pools
 from wx_orchestration.settings import Settings
 from wx_orchestration.sidecar.http import HttpServer, build_app
@@ -26,14 +27,6 @@ from wx_orchestration.sidecar.roles import Role, SidecarConfig, SidecarContext, 
 from wx_orchestration.sidecar.sentry import init_sentry
 
 log = logging.getLogger("wx_orchestration.sidecar")
-
-
-def stream_group_stats(client: redis.Redis, stream: str) -> list[GroupStats]:
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:  # no such stream yet (or after a Redis reset)
-        return []
-    return [GroupStats.from_xinfo(g) for g in groups]  # type: ignore[union-attr]
 
 
 class Sidecar:
@@ -114,7 +107,7 @@ class Sidecar:
     def publish_heartbeat(self, ttl_s: float) -> SidecarHeartbeat:
         client = self.ctx.redis()
         metrics = self.ctx.metrics
-        groups = stream_group_stats(client, CDC_STREAM)
+        _, groups = stream_groups(client, CDC_STREAM)
         for group in groups:
             if group.lag is not None:
                 metrics.group_lag.labels(CDC_STREAM, group.name).set(group.lag)
