@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -30,3 +35,27 @@ def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, obj
     event = result.get_asset_materialization_events()[0]
     mat = event.step_materialization_data.materialization
     return {key: value.value for key, value in mat.metadata.items()}
+
+
+def dagster_cli(home: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`dagster <args>` as CI runs it: a fresh instance in `home`, the stack named by `env`."""
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), *args],
+        env={**os.environ, "DAGSTER_HOME": str(home), **env},
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def job_execute(
+    home: Path, env: dict[str, str], job: str, partition: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """`dagster job execute` of one partition of `job` in `wx_orchestration.definitions`."""
+    return dagster_cli(
+        home, env, "job", "execute", "-m", "wx_orchestration.definitions", "-j", job,
+        "--tags", json.dumps({"dagster/partition": partition}), *extra,
+    )  # fmt: skip

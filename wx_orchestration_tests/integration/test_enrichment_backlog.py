@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,10 +14,13 @@ import pytest
 from wx_orchestration.defs.enrichment.assets import flowsheet_enrichment
 from wx_orchestration.defs.enrichment.sensors import MAX_RUNS_PER_TICK, enrichment_backlog_sensor
 from wx_orchestration.defs.resources import PostgresResource
-from wx_orchestration_tests.dagster_support import asset_resources, materialization_metadata
+from wx_orchestration_tests.dagster_support import (
+    asset_resources,
+    job_execute,
+    materialization_metadata,
+)
 from wx_orchestration_tests.integration.test_enrichment_flow import DAY_START, SCHEMA, add_play
 
-DEFINITIONS_MODULE = "wx_orchestration.definitions"
 NEW_YORK = ZoneInfo("America/New_York")
 
 
@@ -209,33 +208,12 @@ def test_job_execute_drains_a_day(
     for n in range(12):
         add_play(conn, f"Artist {n}", add_time=DAY_START + timedelta(hours=3, minutes=n))
     env = {
-        **os.environ,
-        "DAGSTER_HOME": str(tmp_path),
         "DATABASE_URL": station_db,
         "LIBRARY_METADATA_URL": lml_emulator.url,
         "REDIS_URL": redis_url,
         "LML_RATE_PER_SECOND": "100",
     }
-    (tmp_path / "dagster.yaml").write_text("")
-    execute = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            DEFINITIONS_MODULE,
-            "-j",
-            "enrichment_backlog_job",
-            "--tags",
-            json.dumps({"dagster/partition": "2024-03-10"}),
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    execute = job_execute(tmp_path, env, "enrichment_backlog_job", "2024-03-10")
     assert execute.returncode == 0, execute.stderr[-3000:]
     remaining = statuses(conn)
     assert remaining.get("pending", 0) == 0

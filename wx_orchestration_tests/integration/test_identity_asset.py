@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -14,7 +11,12 @@ import pytest
 
 from wx_orchestration.defs.identity.assets import library_identity
 from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
-from wx_orchestration_tests.dagster_support import asset_resources, materialization_metadata
+from wx_orchestration_tests.dagster_support import (
+    asset_resources,
+    dagster_cli,
+    job_execute,
+    materialization_metadata,
+)
 from wx_orchestration_tests.integration.test_identity_refresh import seed_library
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,48 +134,14 @@ def test_weekly_schedule_requests_every_shard_once_per_week() -> None:
 def test_definitions_validate_and_job_execute_one_shard(
     seeded, lml_emulator, redis_url, tmp_path
 ) -> None:
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(tmp_path),
-        "DATABASE_URL": seeded,
-        "LIBRARY_METADATA_URL": lml_emulator.url,
-        "REDIS_URL": redis_url,
-    }
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    bin_dir = Path(sys.executable).parent
-    validate = subprocess.run(
-        [str(bin_dir / "dagster"), "definitions", "validate", "-m", "wx_orchestration.definitions"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    env = {"DATABASE_URL": seeded, "LIBRARY_METADATA_URL": lml_emulator.url, "REDIS_URL": redis_url}
+    validate = dagster_cli(
+        tmp_path, env, "definitions", "validate", "-m", "wx_orchestration.definitions"
     )
     assert validate.returncode == 0, validate.stderr[-2000:]
     config = tmp_path / "run.yaml"
     config.write_text("ops:\n  library_identity:\n    config:\n      batch_size: 3\n")
-    execute = subprocess.run(
-        [
-            str(bin_dir / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            "wx_orchestration.definitions",
-            "-j",
-            "library_identity_refresh_job",
-            "-c",
-            str(config),
-            "--tags",
-            json.dumps({"dagster/partition": "07"}),
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    execute = job_execute(tmp_path, env, "library_identity_refresh_job", "07", "-c", str(config))
     assert execute.returncode == 0, execute.stderr[-3000:]
     with psycopg.connect(seeded) as conn:
         row = conn.execute(
