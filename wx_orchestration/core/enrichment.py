@@ -46,10 +46,11 @@ TerminalStatus = Literal["enriched_match", "enriched_no_match"]
 
 
 def _text(value: object) -> str | None:
-    """The trimmed string, or None when missing, not a string, or blank."""
+    """The trimmed string, or None when missing, not a string, or blank. NUL characters are
+    dropped: PostgreSQL text cannot hold them, and one would fail a whole set-based write."""
     if not isinstance(value, str):
         return None
-    return value.strip() or None
+    return value.replace("\x00", "").strip() or None
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ class ClaimedRow:
     artist_name: str | None
     album_title: str | None
     track_title: str | None
-    attempts: int = 0  # earlier failed attempts recorded for the row
+    attempts: int = 0  # earlier retries recorded for the row (drives the backoff)
+    faults: int = 0  # of those, the row's own failures (drive parking)
 
     @property
     def key(self) -> LookupKey | None:
@@ -288,7 +290,7 @@ def search_columns(key: LookupKey) -> dict[str, Any]:
 def composer_credit(artwork: Artwork | None, artist: str) -> tuple[str, ComposerSource]:
     credits = artwork.writer_credits if artwork is not None else None
     if credits is not None:
-        names = [name.strip() for name in credits.names if name.strip()]
+        names = [name for raw in credits.names if (name := _text(raw))]
         if names:
             source: ComposerSource = (
                 "discogs_track" if credits.provenance == "track" else "discogs_release"
@@ -340,6 +342,7 @@ class RetryPolicy:
         exponent = min(max(attempt, 1) - 1, 64)
         return min(self.cap_s, rng() * self.base_s * 2.0**exponent)
 
-    def parks(self, attempts: int, row_fault: bool) -> bool:
-        """Whether a row failing for the `attempts`-th time is parked instead of retried."""
-        return row_fault and attempts >= self.max_attempts
+    def parks(self, faults: int, row_fault: bool) -> bool:
+        """Whether a row whose own failure this is, the `faults`-th, is parked instead of
+        retried; failures that are not the row's (outages, shed, budget) never park it."""
+        return row_fault and faults >= self.max_attempts

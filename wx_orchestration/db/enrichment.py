@@ -35,7 +35,7 @@ _WHITESPACE = (
 )
 _PENDING_PREDICATE = """f.entry_type = 'track' AND f.artist_name IS NOT NULL
   AND f.metadata_status = 'pending'"""
-_CLAIMABLE = f"""{_PENDING_PREDICATE}
+CLAIMABLE = f"""{_PENDING_PREDICATE}
   AND btrim(f.artist_name, {_WHITESPACE}) <> ''
   AND NOT EXISTS (
       SELECT 1 FROM wx_orchestration.enrichment_attempts AS a
@@ -43,12 +43,14 @@ _CLAIMABLE = f"""{_PENDING_PREDICATE}
 _RETURNING = """RETURNING f.id, f.enriching_since, f.album_id, f.artist_name, f.album_title,
     f.track_title,
     COALESCE((SELECT a.attempts FROM wx_orchestration.enrichment_attempts AS a
+              WHERE a.flowsheet_id = f.id), 0),
+    COALESCE((SELECT a.faults FROM wx_orchestration.enrichment_attempts AS a
               WHERE a.flowsheet_id = f.id), 0)"""
 
 _CLAIM_BY_IDS = f"""
 UPDATE flowsheet AS f
 SET metadata_status = 'enriching', enriching_since = now()
-WHERE f.id = ANY(%(ids)s) AND {_CLAIMABLE}
+WHERE f.id = ANY(%(ids)s) AND {CLAIMABLE}
 {_RETURNING}
 """
 
@@ -57,7 +59,7 @@ WHERE f.id = ANY(%(ids)s) AND {_CLAIMABLE}
 _CLAIM_BATCH = f"""
 WITH picked AS MATERIALIZED (
     SELECT f.id FROM flowsheet AS f
-    WHERE {_CLAIMABLE}
+    WHERE {CLAIMABLE}
       AND f.add_time >= %(start)s AND f.add_time < %(end)s
       AND f.add_time < now() - make_interval(secs => %(grace_s)s)
     ORDER BY f.id DESC
@@ -192,13 +194,15 @@ def finalize_rows(conn: psycopg.Connection, plans: Sequence[FinalizePlan]) -> se
 
 @dataclass(frozen=True)
 class Release:
-    """A claimed row going back to `pending` after `delay_s`, or parked (`failed_no_retry`)."""
+    """A claimed row going back to `pending` after `delay_s`, or parked (`failed_no_retry`).
+    `fault`: the failure was the row's own (it counts towards parking)."""
 
     flowsheet_id: int
     enriching_since: datetime
     error: str
     delay_s: float
     park: bool = False
+    fault: bool = False
 
 
 _RELEASE = """
@@ -208,18 +212,21 @@ WITH released AS (
             ::metadata_status_enum,
         enriching_since = NULL
     FROM json_to_recordset(%s::json) AS v(
-        id int, enriching_since timestamptz, error text, delay_s float8, park boolean)
+        id int, enriching_since timestamptz, error text, delay_s float8, park boolean,
+        fault boolean)
     WHERE f.id = v.id AND f.metadata_status = 'enriching'
       AND f.enriching_since = v.enriching_since
-    RETURNING f.id, v.error, v.delay_s, v.park
+    RETURNING f.id, v.error, v.delay_s, v.park, v.fault
 )
 INSERT INTO wx_orchestration.enrichment_attempts AS a
-    (flowsheet_id, attempts, last_error, last_attempt_at, next_attempt_at, parked_reason)
-SELECT id, 1, error, now(), now() + make_interval(secs => delay_s),
+    (flowsheet_id, attempts, faults, last_error, last_attempt_at, next_attempt_at,
+     parked_reason)
+SELECT id, 1, fault::int, error, now(), now() + make_interval(secs => delay_s),
        CASE WHEN park THEN error END
 FROM released
 ON CONFLICT (flowsheet_id) DO UPDATE SET
     attempts = a.attempts + 1,
+    faults = a.faults + EXCLUDED.faults,
     last_error = EXCLUDED.last_error,
     last_attempt_at = EXCLUDED.last_attempt_at,
     next_attempt_at = EXCLUDED.next_attempt_at,
@@ -240,6 +247,7 @@ def release_rows(conn: psycopg.Connection, releases: Sequence[Release]) -> set[i
             "error": r.error,
             "delay_s": r.delay_s,
             "park": r.park,
+            "fault": r.fault,
         }
         for r in releases
     ]
@@ -258,7 +266,7 @@ class PendingDay:
 _PENDING_DAYS = f"""
 SELECT (f.add_time AT TIME ZONE %(tz)s)::date AS day, count(*), max(f.id)
 FROM flowsheet AS f
-WHERE {_CLAIMABLE}
+WHERE {CLAIMABLE}
   AND f.add_time < now() - make_interval(secs => %(grace_s)s)
 GROUP BY day
 ORDER BY day DESC

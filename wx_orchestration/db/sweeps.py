@@ -19,7 +19,7 @@ from wx_orchestration.core.sweep import AGE_BUCKETS, SweepReport, expired_claim_
 from wx_orchestration.db.enrichment import Release, release_rows
 
 _STALE_CLAIMS = """
-SELECT f.id, f.enriching_since, COALESCE(a.attempts, 0)
+SELECT f.id, f.enriching_since, COALESCE(a.attempts, 0), COALESCE(a.faults, 0)
 FROM flowsheet AS f
 LEFT JOIN wx_orchestration.enrichment_attempts AS a ON a.flowsheet_id = f.id
 WHERE f.metadata_status = 'enriching'
@@ -66,15 +66,17 @@ def expire_stale_claims(
         if not stale:
             return report
         releases = []
-        for flowsheet_id, enriching_since, attempts in stale:
-            attempt = attempts + 1
+        for flowsheet_id, enriching_since, attempts, faults in stale:
+            # Claims are never held through budget waits past the lease (README), so an
+            # expired one means its worker died on this row: the row's own failure.
             releases.append(
                 Release(
                     flowsheet_id=flowsheet_id,
                     enriching_since=enriching_since,
-                    error=expired_claim_reason(lease_s, attempt),
-                    delay_s=policy.delay_s(attempt, rng),
-                    park=policy.parks(attempt, row_fault=True),
+                    error=expired_claim_reason(lease_s, attempts + 1),
+                    delay_s=policy.delay_s(attempts + 1, rng),
+                    park=policy.parks(faults + 1, row_fault=True),
+                    fault=True,
                 )
             )
         with conn.transaction():

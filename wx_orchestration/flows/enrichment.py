@@ -213,25 +213,66 @@ def enrich_claimed(
         if key is not None and verdict.kind in ("match", "no_match"):
             plans.append(finalize_plan(row, key, verdict))
             continue
-        attempt = row.attempts + 1
         release = Release(
             flowsheet_id=row.flowsheet_id,
             enriching_since=row.enriching_since,
             error=verdict.reason or verdict.kind,
-            delay_s=policy.delay_s(attempt, rng),
-            park=policy.parks(attempt, verdict.row_fault),
+            delay_s=policy.delay_s(row.attempts + 1, rng),
+            park=policy.parks(row.faults + 1, verdict.row_fault),
+            fault=verdict.row_fault,
         )
         releases.append((release, verdict))
 
     started = time.perf_counter()
-    with conn.transaction():
-        written = finalize_rows(conn, plans)
-        released = release_rows(conn, [release for release, _ in releases])
+    try:
+        with conn.transaction():
+            written = finalize_rows(conn, plans)
+            released = release_rows(conn, [release for release, _ in releases])
+    except psycopg.Error as exc:
+        # One row's values rejected by the database must not strand the whole batch
+        # `enriching`: redo row by row, and give back whichever still fails, as its own fault.
+        log.warning("set-based finalize failed (%s); redoing row by row", exc.sqlstate)
+        plans, written, released = _write_one_by_one(conn, claimed, plans, releases, policy, rng)
     outcome.write_s += time.perf_counter() - started
     _count(outcome, plans, written, releases, released)
     if failure is not None and failure.kind == "auth":
         raise failure
     return outcome
+
+
+def _write_one_by_one(
+    conn: psycopg.Connection,
+    claimed: Sequence[ClaimedRow],
+    plans: Sequence[FinalizePlan],
+    releases: list[tuple[Release, Verdict]],
+    policy: RetryPolicy,
+    rng: Callable[[], float],
+) -> tuple[list[FinalizePlan], set[int], set[int]]:
+    """Returns the plans kept, the ids finalized and the ids released (rejected plans become
+    releases in `releases`)."""
+    rows = {row.flowsheet_id: row for row in claimed}
+    written: set[int] = set()
+    kept: list[FinalizePlan] = []
+    for plan in plans:
+        try:
+            with conn.transaction():
+                written |= finalize_rows(conn, [plan])
+            kept.append(plan)
+        except psycopg.Error as exc:
+            row = rows[plan.flowsheet_id]
+            verdict = Verdict("error", reason=f"finalize rejected ({exc.sqlstate})", row_fault=True)
+            release = Release(
+                flowsheet_id=row.flowsheet_id,
+                enriching_since=row.enriching_since,
+                error=verdict.reason or "finalize rejected",
+                delay_s=policy.delay_s(row.attempts + 1, rng),
+                park=policy.parks(row.faults + 1, row_fault=True),
+                fault=True,
+            )
+            releases.append((release, verdict))
+    with conn.transaction():
+        released = release_rows(conn, [release for release, _ in releases])
+    return kept, written, released
 
 
 def _count(

@@ -205,7 +205,8 @@ class CdcBridge:
             try:
                 if note.channel == CDC_CHANNEL:
                     change = CdcNotification.parse(note.payload)
-                    if change.table == FLOWSHEET_TABLE:
+                    # NOTIFY reaches every schema of the database: only ours is bridged.
+                    if change.table == FLOWSHEET_TABLE and change.schema == self.schema:
                         events.append(
                             StreamEvent(change.action, change.data, change.timestamp_ms, now_ms)
                         )
@@ -213,7 +214,7 @@ class CdcBridge:
                         self.metrics.notifications_ignored.inc()
                 elif note.channel == CDC_OVERSIZED_CHANNEL:
                     pointer = CdcOversized.parse(note.payload)
-                    if pointer.table == FLOWSHEET_TABLE:
+                    if pointer.table == FLOWSHEET_TABLE and pointer.schema == self.schema:
                         oversized.append(pointer)
                     else:
                         self.metrics.notifications_ignored.inc()
@@ -314,6 +315,10 @@ class CdcBridge:
             self.metrics.dead_letters.labels(CDC_STREAM).inc(len(deletes))
 
     def _advance(self, mark: Watermark) -> None:
+        if self._catchup_floor is not None:
+            # Rows from the floor on were not bridged yet: a watermark saved past them would
+            # let the next leader's catch-up skip them if this process stops first.
+            mark = min(mark, self._catchup_floor)
         if self._watermark is not None and mark <= self._watermark:
             return
         with self.pool.connection() as conn:

@@ -422,3 +422,25 @@ def test_backlog_and_fast_path_racing_finalize_each_row_once(station_db, lml_emu
             "('enriched_match', 'enriched_no_match')"
         ).fetchone()
     assert left == (0,)
+
+
+def test_a_row_the_database_rejects_is_given_back_and_the_rest_finalized(
+    conn, lml_emulator, lml_client
+):
+    album = add_album(conn)
+    linked = add_play(conn, emulated_artist(True), album_id=album)
+    others = [
+        add_play(conn, emulated_artist(True, album=f"Other {n}"), album_title=f"Other {n}")
+        for n in range(3)
+    ]
+    claimed = claim_rows_by_ids(conn, [linked, *others])
+    # The album is deleted between the claim and the finalize: its album_metadata write now
+    # violates the foreign key, which fails the set-based statement for the whole batch.
+    conn.execute("DELETE FROM library WHERE id = %s", (album,))
+    outcome = enrich_claimed(conn, lml_client, claimed)
+    assert outcome.match == 3
+    assert outcome.error == 1
+    assert outcome.rows == outcome.match + outcome.no_match + outcome.error + outcome.raced
+    assert flowsheet_row(conn, linked)["metadata_status"] == "pending"
+    assert all(flowsheet_row(conn, i)["metadata_status"] == "enriched_match" for i in others)
+    assert "finalize rejected" in (attempts(conn, linked) or {}).get("last_error", "")

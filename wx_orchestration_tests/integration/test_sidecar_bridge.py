@@ -176,3 +176,30 @@ def test_a_second_bridge_stands_by(station_db: str, redis_url: str) -> None:
             poll(lambda: second.ctx.bridge_state == "standby", what="the standby")
             assert second.roles[0].readiness() == (True, "standby")
             assert first.ctx.bridge_state == "leader"
+
+
+def test_notifications_of_another_schema_are_not_bridged(station_db: str, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    with (
+        running_sidecar(station_db, redis_url, ("bridge",)) as sidecar,
+        connect(station_db) as conn,
+    ):
+        wait_listening(sidecar)
+        # NOTIFY reaches every schema of the database; a station copy in another schema must
+        # not leak into this one's stream (nor point the oversized re-read at our rows).
+        ours = insert_tracks(conn, 1)[0]
+        foreign = {"table": "flowsheet", "schema": "other_station", "action": "INSERT",
+                   "data": {"id": ours + 1000, "entry_type": "track"}, "timestamp": 1}  # fmt: skip
+        pointer = {"table": "flowsheet", "schema": "other_station", "action": "UPDATE",
+                   "primary_key": str(ours), "payload_bytes": 9000, "timestamp": 1,
+                   "reason": "payload exceeds 7800 bytes"}  # fmt: skip
+        conn.execute("SELECT pg_notify('cdc', %s)", (json.dumps(foreign),))
+        conn.execute("SELECT pg_notify('cdc_oversized', %s)", (json.dumps(pointer),))
+        marker = insert_tracks(conn, 1)[0]  # notifications arrive in order: after the two
+        poll(
+            lambda: marker in {e.flowsheet_id for e in stream_events(client)},
+            what="the marker row on the stream",
+        )
+        ids = [e.flowsheet_id for e in stream_events(client)]
+    assert ids.count(ours) == 1
+    assert ours + 1000 not in ids

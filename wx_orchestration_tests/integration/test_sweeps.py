@@ -287,3 +287,27 @@ def test_enrichment_freshness_from_the_event_log(station_db, redis_url, conn, mo
     assert not result.passed  # p95 ≈ 27 s > 5 s
     assert result.metadata["rows_last_hour"].value == 3
     assert result.metadata["p50_s"].value == pytest.approx(1.0, abs=0.01)
+
+
+def test_outage_retries_never_count_towards_parking(conn) -> None:
+    row_id = play(conn, status="enriching", claimed_ago_s=LEASE + 5)
+    policy = RetryPolicy(max_attempts=2)
+    for _ in range(4):  # four calls given back during an LML outage: not the row's fault
+        since = conn.execute("SELECT enriching_since FROM flowsheet WHERE id = %s", (row_id,))
+        with conn.transaction():
+            release_rows(
+                conn,
+                [Release(row_id, since.fetchone()[0], "lml call failed", 0.0)],  # type: ignore[index]
+            )
+        conn.execute(
+            "UPDATE flowsheet SET metadata_status = 'enriching', "
+            "enriching_since = now() - interval '2 minutes' WHERE id = %s",
+            (row_id,),
+        )
+    # Then the row's own first failure (its worker died holding it): retried, not parked.
+    assert sweep(conn, policy).parked == 0
+    assert status_of(conn, row_id) == "pending"
+    counts = conn.execute(
+        "SELECT attempts, faults FROM enrichment_attempts WHERE flowsheet_id = %s", (row_id,)
+    ).fetchone()
+    assert counts == (5, 1)

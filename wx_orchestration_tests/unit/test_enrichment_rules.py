@@ -440,3 +440,14 @@ def test_parking_counts_only_the_rows_own_failures(
     attempts: int, row_fault: bool, parks: bool
 ) -> None:
     assert RetryPolicy(max_attempts=8).parks(attempts, row_fault) is parks
+
+
+def test_nul_characters_from_lml_are_dropped_before_they_reach_postgres() -> None:
+    artwork = Artwork.model_validate(
+        {
+            "artist_bio": "Formed in\x00 London.",
+            "writer_credits": {"names": ["Tim\x00 Gane", "\x00"], "provenance": "track"},
+        }
+    )
+    assert match_columns(artwork)["artist_bio"] == "Formed in London."
+    assert composer_credit(artwork, "Stereolab") == ("Tim Gane", "discogs_track")

@@ -4,6 +4,7 @@ import dagster as dg
 
 from wx_orchestration.clients.redis_client import stream_groups
 from wx_orchestration.contracts.cdc import CDC_STREAM
+from wx_orchestration.db.enrichment import CLAIMABLE
 from wx_orchestration.db.sweeps import stranded_claims as count_stranded_claims
 from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
 from wx_orchestration.defs.resources import PostgresResource, RedisResource
@@ -15,11 +16,12 @@ PENDING_ERROR_S = 3600
 STREAM_LAG_WARN = 1000
 DEAD_LETTER_CURSOR_KEY = "wx:checks:dead_letters:last_id"
 
-_OLDEST_PENDING_TODAY = """
+# Rows waiting out a retry backoff, or with a blank artist, are not late: the same predicate
+# as the claims decides what counts.
+_OLDEST_PENDING_TODAY = f"""
 SELECT count(*), extract(epoch FROM now() - min(f.add_time))
 FROM flowsheet AS f
-WHERE f.entry_type = 'track' AND f.artist_name IS NOT NULL AND f.metadata_status = 'pending'
-  AND btrim(f.artist_name) <> ''
+WHERE {CLAIMABLE}
   AND f.add_time > now() - interval '1 day'
 """
 
