@@ -69,7 +69,7 @@ def flowsheet_row(conn: psycopg.Connection, flowsheet_id: int) -> dict[str, Any]
 def attempts(conn: psycopg.Connection, flowsheet_id: int) -> dict[str, Any] | None:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            "SELECT *, next_attempt_at > now() AS backing_off "
+            "SELECT *, next_attempt_at > last_attempt_at AS backing_off "
             "FROM wx_orchestration.enrichment_attempts WHERE flowsheet_id = %s",
             (flowsheet_id,),
         ).fetchone()
@@ -313,7 +313,9 @@ def test_a_failed_call_releases_every_row_and_sends_no_more(conn, lml_emulator, 
     assert statuses == [("pending", 150)]
     backing_off = conn.execute(
         "SELECT count(*) FROM wx_orchestration.enrichment_attempts "
-        "WHERE next_attempt_at > now() AND parked_reason IS NULL"
+        # Full jitter may draw a delay of a few milliseconds, already past by now(): compare
+        # with the attempt's own time instead.
+        "WHERE next_attempt_at >= last_attempt_at AND parked_reason IS NULL"
     ).fetchone()
     assert backing_off == (150,)
 

@@ -52,7 +52,7 @@ def status_of(conn: psycopg.Connection, flowsheet_id: int) -> str:
 
 def attempts_of(conn: psycopg.Connection, flowsheet_id: int) -> tuple[Any, ...] | None:
     return conn.execute(
-        "SELECT attempts, last_error, parked_reason, next_attempt_at > now() "
+        "SELECT attempts, last_error, parked_reason, next_attempt_at > last_attempt_at "
         "FROM enrichment_attempts WHERE flowsheet_id = %s",
         (flowsheet_id,),
     ).fetchone()
