@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import psycopg
 import redis
@@ -51,7 +52,7 @@ from wx_orchestration.db.enrichment import claim_rows_by_ids
 from wx_orchestration.flows.enrichment import EnrichmentOutcome, VerdictCache, enrich_claimed
 from wx_orchestration.settings import env_float, env_int
 from wx_orchestration.sidecar.consumer import StreamConsumer
-from wx_orchestration.sidecar.roles import SidecarContext
+from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
 
 LANE = "live"
 DEFAULT_CACHE_TTL_S = 3600.0
@@ -199,8 +200,15 @@ class EnrichRole:
             decode=decode_stream_entry,
             sink=self.enrich_events,
             metrics=ctx.metrics,
-            config=ctx.config,
+            config=self._consumer_config(ctx),
         )
+
+    @staticmethod
+    def _consumer_config(ctx: SidecarContext) -> SidecarConfig:
+        """One LML call's worth of entries per read: a batch then takes at most one budget wait
+        plus one LML call, which the default `claim_idle_ms` outlasts, so a batch still in
+        hand is not reclaimed by a sibling (and, after enough deliveries, dead-lettered)."""
+        return replace(ctx.config, read_count=min(ctx.config.read_count, MAX_LOOKUP_BULK_ITEMS))
 
     def run(self, stop: threading.Event) -> None:
         """Run every consumer until `stop`; each finishes its batch in hand before returning."""

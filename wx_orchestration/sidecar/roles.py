@@ -46,7 +46,8 @@ class SidecarConfig:
     read_count: int = 500
     read_block_ms: int = 1000
     max_deliveries: int = 5
-    claim_idle_ms: int = 30_000
+    # Longer than the fast path's worst batch (WX_ENRICH_MAX_BUDGET_WAIT_S + LML_TIMEOUT_S).
+    claim_idle_ms: int = 60_000
     heartbeat_interval_s: float = 5.0
     shutdown_deadline_s: float = 10.0
 

@@ -33,7 +33,7 @@ from wx_orchestration.flows.enrichment import drain_backlog
 from wx_orchestration.settings import Settings
 from wx_orchestration.sidecar.enrich import EnrichRole
 from wx_orchestration.sidecar.metrics import SidecarMetrics
-from wx_orchestration.sidecar.roles import SidecarContext
+from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
 from wx_orchestration.sidecar.runtime import Sidecar
 from wx_orchestration_tests.integration.sidecar_support import FAST, poll, wait_listening
 from wx_orchestration_tests.servers import STATION_SCHEMA
@@ -482,3 +482,13 @@ def test_a_consumer_killed_mid_batch_leaves_each_row_finalized_once(
     assert sample(survivor, "wx_enrich_candidates_not_claimed_total") == 20
     survived = outcomes(survivor)
     assert survived["match"] + survived["no_match"] == 20
+
+
+def test_a_batch_in_hand_is_not_reclaimed_by_a_sibling(
+    make_role: Callable[..., EnrichRole],
+) -> None:
+    role = make_role()
+    assert role.consumers[0].config.read_count <= 100  # one LML call's worth per batch
+    # By default, reclaiming waits out the longest such a batch can take.
+    defaults = SidecarConfig()
+    assert defaults.claim_idle_ms >= (role.max_budget_wait_s + role.lml_client.total_timeout) * 1000
