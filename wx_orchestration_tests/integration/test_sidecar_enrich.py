@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -91,6 +92,20 @@ def make_role(
     for role in roles:
         role.lml_client.close()
     close_shared_pools()
+
+
+@contextmanager
+def running(role: EnrichRole) -> Iterator[None]:
+    """The role's consumers in a thread for the block; stopped (batch in hand finished) after."""
+    stop = threading.Event()
+    worker = threading.Thread(target=role.run, args=(stop,))
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
 
 
 def add_play(
@@ -309,10 +324,7 @@ def test_under_budget_pressure_plays_wait_and_share_calls_none_is_shed(
     lml_emulator: EmulatorHandle,
 ) -> None:
     role = make_role(rate=1)
-    stop = threading.Event()
-    worker = threading.Thread(target=role.run, args=(stop,))
-    worker.start()
-    try:
+    with running(role):
         rows = []
         for n in range(20):
             rows.append(add_play(conn, f"Artist {n}", f"Album {n}", None))
@@ -323,10 +335,6 @@ def test_under_budget_pressure_plays_wait_and_share_calls_none_is_shed(
             timeout=20,
             what="every play to be enriched",
         )
-    finally:
-        stop.set()
-        worker.join(10)
-    assert not worker.is_alive()
     # One call a second: the plays that arrived meanwhile waited and went in the next call.
     assert calls_sent(lml_emulator) <= 4
     assert items_sent(lml_emulator) == 20
@@ -375,14 +383,8 @@ def test_a_claim_is_never_held_past_the_budget_wait_limit(
     client.set(LmlBudget.keys("lookup")["open"], "1", px=120_000)
     row = add_play(conn, "Stereolab")
     bridge(client, row)
-    stop = threading.Event()
-    worker = threading.Thread(target=role.run, args=(stop,))
-    worker.start()
-    try:
+    with running(role):
         poll(lambda: outcomes(role)["error"] == 1, what="the claim to be given back")
-    finally:
-        stop.set()
-        worker.join(10)
     assert calls_sent(lml_emulator) == 0
     assert status(conn, row["id"]) == "pending"  # back to work for the backlog
     reason = conn.execute(
@@ -411,10 +413,7 @@ def test_the_fast_path_and_the_backlog_racing_finalize_each_row_once(
     for row in rows:
         bridge(client, row)
     role = make_role()
-    stop = threading.Event()
-    fast = threading.Thread(target=role.run, args=(stop,))
-    fast.start()
-    try:
+    with running(role):
         with LmlClient(lml_emulator.url, total_timeout=10, max_retries=0) as lml:
             backlog = drain_backlog(
                 conn,
@@ -427,10 +426,6 @@ def test_the_fast_path_and_the_backlog_racing_finalize_each_row_once(
                 progress=lambda _message: None,
             )
         poll(lambda: unacked(client) == 0 and role.consumers[0].last_error is None, what="acks")
-    finally:
-        stop.set()
-        fast.join(10)
-    assert not fast.is_alive()
 
     ids = [row["id"] for row in rows]
     assert {state for state, _ in versions(conn, ids).values()} <= set(TERMINAL)
@@ -464,15 +459,8 @@ def test_a_consumer_killed_mid_batch_leaves_each_row_finalized_once(
     before = versions(conn, ids)
     assert [before[i][0] for i in ids].count("pending") == 20
 
-    stop = threading.Event()
-    worker = threading.Thread(target=survivor.run, args=(stop,))
-    worker.start()
-    try:
+    with running(survivor):
         poll(lambda: unacked(client) == 0, what="the redelivered entries to be acknowledged")
-    finally:
-        stop.set()
-        worker.join(10)
-    assert not worker.is_alive()
 
     after = versions(conn, ids)
     assert {state for state, _ in after.values()} <= set(TERMINAL)
