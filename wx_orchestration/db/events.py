@@ -116,6 +116,84 @@ def save_watermark(conn: psycopg.Connection, name: str, mark: Watermark) -> None
     )
 
 
+def cdc_source(schema: str) -> str:
+    """The name the bridge's watermark and the consumers' marks give the bridged table."""
+    return f"{schema}.flowsheet"
+
+
+def load_consumer_mark(conn: psycopg.Connection, source: str, group: str) -> Watermark | None:
+    row = conn.execute(
+        "SELECT updated_at, flowsheet_id FROM wx_orchestration.cdc_consumer_marks"
+        " WHERE source = %s AND consumer_group = %s",
+        (source, group),
+    ).fetchone()
+    return None if row is None else Watermark(row[0], row[1])
+
+
+def oldest_consumer_mark(conn: psycopg.Connection, source: str) -> Watermark | None:
+    row = conn.execute(
+        "SELECT updated_at, flowsheet_id FROM wx_orchestration.cdc_consumer_marks"
+        " WHERE source = %s ORDER BY updated_at, flowsheet_id LIMIT 1",
+        (source,),
+    ).fetchone()
+    return None if row is None else Watermark(row[0], row[1])
+
+
+def save_consumer_mark(conn: psycopg.Connection, source: str, group: str, mark: Watermark) -> None:
+    """Move the group's mark forward to `mark`; never back (its consumers run side by side)."""
+    conn.execute(
+        """
+        INSERT INTO wx_orchestration.cdc_consumer_marks AS m
+            (source, consumer_group, updated_at, flowsheet_id)
+        VALUES (%s, %s, %s, %s)
+        ON CONFLICT (source, consumer_group) DO UPDATE
+            SET updated_at = EXCLUDED.updated_at,
+                flowsheet_id = EXCLUDED.flowsheet_id,
+                saved_at = now()
+            WHERE (m.updated_at, m.flowsheet_id) < (EXCLUDED.updated_at, EXCLUDED.flowsheet_id)
+        """,
+        (source, group, mark.updated_at, mark.flowsheet_id),
+    )
+
+
+def logged_through(
+    conn: psycopg.Connection, schema: str, after: Watermark, limit: int
+) -> Watermark | None:
+    """How far past `after` every flowsheet row's current version is in the event log.
+
+    Looks at the next `limit` rows in (`updated_at`, `id`) order and returns the position of
+    the last one before the first whose current version is not logged (None: not even the
+    first is). Deleted rows are not there to look at, and need not be: a DELETE has nothing
+    left to replay.
+    """
+    # A lateral probe per row: as an EXISTS the planner may hash the whole event log instead.
+    query = sql.SQL(
+        """
+        SELECT f.updated_at, f.id, logged.yes IS NOT NULL
+        FROM {}.flowsheet AS f
+        LEFT JOIN LATERAL (
+            SELECT true AS yes
+            FROM wx_orchestration.flowsheet_events AS e
+            WHERE e.flowsheet_id = f.id
+              AND e.updated_at = f.updated_at
+              AND e.metadata_status = f.metadata_status::text
+            LIMIT 1
+        ) AS logged ON true
+        WHERE (f.updated_at, f.id) > (%s, %s)
+        ORDER BY f.updated_at, f.id
+        LIMIT %s
+        """
+    ).format(sql.Identifier(schema))
+    through = None
+    for updated_at, row_id, logged in conn.execute(
+        query, (after.updated_at, after.flowsheet_id, limit)
+    ):
+        if not logged:
+            break
+        through = Watermark(updated_at, row_id)
+    return through
+
+
 def scan_changed_rows(
     conn: psycopg.Connection, schema: str, after: Watermark, limit: int
 ) -> list[tuple[Watermark, dict[str, Any]]]:

@@ -7,6 +7,17 @@ changed since the watermark minus an overlap — `updated_at` is the transaction
 transaction committing now can carry a timestamp older than rows already bridged — and writes
 them as CATCHUP events. Whatever arrives both ways is one event downstream (same event key).
 
+The stream itself can be lost: Redis restarted empty (or from an older snapshot), the stream
+deleted or the database flushed. Entries a group had not finished — read but not yet written
+and acknowledged, or not read at all — went with it, and they may be far older than the
+watermark. So when the stream holds fewer entries than were added to it (`entries-added`, Redis
+7), or is empty when this process first looks, the next catch-up reaches back to the oldest
+consumer mark (`wx_orchestration.cdc_consumer_marks`: every row before it has its current
+version in that group's table; the event log keeps one) minus the overlap, or to the first-start
+lookback when no group keeps a mark. A row changed several times meanwhile is replayed as it is
+now: versions that existed only in the lost stream cannot be read back. A group deleted on its
+own needs no replay: its consumers recreate it at the start of the stream and read it all again.
+
 One bridge is active at a time: it holds a session advisory lock on a connection of its own,
 which also sends the liveness pings its LISTEN connection must echo. If the process dies, the
 session ends, the lock is free and a standby takes over, starting with a catch-up.
@@ -44,8 +55,10 @@ from wx_orchestration.core.events import row_cursor
 from wx_orchestration.db.events import (
     DeadLetter,
     Watermark,
+    cdc_source,
     insert_dead_letters,
     load_watermark,
+    oldest_consumer_mark,
     read_flowsheet_rows,
     save_watermark,
     scan_changed_rows,
@@ -80,7 +93,7 @@ class CdcBridge:
         self.schema = ctx.settings.station_schema
         self.pool = ctx.pool()
         self.redis = ctx.redis()
-        self.watermark_name = f"{self.schema}.{FLOWSHEET_TABLE}"
+        self.watermark_name = cdc_source(self.schema)
         digest = hashlib.sha256(f"wx_cdc_bridge:{self.schema}".encode()).digest()
         self.lock_key = int.from_bytes(digest[:8], "big", signed=True)
         self.ping_channel = f"wx_bridge_ping_{uuid.uuid4().hex[:16]}"
@@ -89,7 +102,10 @@ class CdcBridge:
         self._catchup_due = True
         # Lowest row position a failed XADD left unbridged; the next catch-up starts there.
         self._catchup_floor: Watermark | None = None
-        self._redis_run_id: str | None = None
+        # What `entries-added` of the stream should be at least: as last seen, plus our XADDs.
+        self._stream_added: int | None = None
+        # The stream was lost: the next catch-up replays what its consumers had not finished.
+        self._replay_due = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -172,7 +188,7 @@ class CdcBridge:
             now = time.monotonic()
             if now >= next_ping:
                 next_ping = now + self.config.ping_interval_s
-                self._check_redis_reset()
+                self._check_stream()
                 if ping_sent_at is None:
                     ping_sent_at = now
                     try:
@@ -281,6 +297,8 @@ class CdcBridge:
         except _REDIS_DOWN as err:
             self._unbridged(events, err)
             return False
+        if self._stream_added is not None:
+            self._stream_added += len(events)
         for event in events:
             self.metrics.events_bridged.labels(event.action).inc()
         cursors = [c for c in (row_cursor(e.row) for e in events) if c is not None]
@@ -340,6 +358,14 @@ class CdcBridge:
             start = Watermark(saved.updated_at - overlap, 0)
         if self._catchup_floor is not None and self._catchup_floor < start:
             start = Watermark(self._catchup_floor.updated_at, self._catchup_floor.flowsheet_id - 1)
+        if self._replay_due and saved is not None:
+            start = min(start, self._replay_start())
+            log.warning(
+                "%s lost entries (redis restarted empty, or the stream was deleted); replaying"
+                " from %s what its consumers may not have finished",
+                CDC_STREAM,
+                start.updated_at.isoformat(),
+            )
         cursor, bridged = start, 0
         while not stop.is_set():
             with self.pool.connection() as conn:
@@ -357,19 +383,41 @@ class CdcBridge:
             return
         self._catchup_due = False
         self._catchup_floor = None
+        self._replay_due = False
         self.metrics.catchup_rows.inc(bridged)
         log.info("catch-up from %s bridged %d rows", start.updated_at.isoformat(), bridged)
 
-    def _check_redis_reset(self) -> None:
-        """A Redis restarted empty lost the stream: bridge again from the watermark."""
+    def _replay_start(self) -> Watermark:
+        with self.pool.connection() as conn:
+            mark = oldest_consumer_mark(conn, self.watermark_name)
+        if mark is None:
+            return Watermark(
+                datetime.now(UTC) - timedelta(hours=self.config.first_start_lookback_h), 0
+            )
+        # The mark passed rows that were committed; one whose transaction began before it
+        # and committed after carries an older `updated_at`, as in any catch-up.
+        return Watermark(mark.updated_at - timedelta(seconds=self.config.catchup_overlap_s), 0)
+
+    def _check_stream(self) -> None:
+        """Arrange a replay if `wx:cdc` lost entries since this bridge last looked."""
         try:
-            run_id = str(self.redis.info("server").get("run_id"))
+            info = self.redis.xinfo_stream(CDC_STREAM)
+            added = int(info["entries-added"])
+        except redis.ResponseError as err:
+            if "no such key" not in str(err).lower():
+                raise
+            added = 0
         except _REDIS_DOWN:
             return
-        if self._redis_run_id is not None and run_id != self._redis_run_id:
-            log.warning("redis restarted (new run_id); catching up from the watermark")
+        if self._stream_added is None:
+            # This process's first look: an empty stream was lost if a watermark says rows
+            # were bridged into it, which the catch-up checks.
+            self._replay_due = added == 0
+        elif added < self._stream_added:
+            self._replay_due = True
+        if self._replay_due:
             self._catchup_due = True
-        self._redis_run_id = run_id
+        self._stream_added = added
 
 
 def build(ctx: SidecarContext) -> CdcBridge:

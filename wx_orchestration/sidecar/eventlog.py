@@ -2,6 +2,11 @@
 
 End-to-end freshness (INSERT → terminal status) is measured from this log, so it records every
 row version once: the same version arriving live, by catch-up or by redelivery is one row.
+
+With each batch the sink also moves the group's mark (`wx_orchestration.cdc_consumer_marks`)
+over the rows whose current version is now logged. Entries read but not yet written, and those
+not read yet, exist only in the stream; if Redis loses it, the bridge replays from this mark
+(`sidecar/bridge.py`), so the log still gets each of those rows as it is now.
 """
 
 from __future__ import annotations
@@ -9,12 +14,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from wx_orchestration.contracts.cdc import CDC_STREAM, EVENTLOG_GROUP
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
-from wx_orchestration.db.events import insert_flowsheet_events
+from wx_orchestration.db.events import (
+    Watermark,
+    cdc_source,
+    insert_flowsheet_events,
+    load_consumer_mark,
+    logged_through,
+    save_consumer_mark,
+)
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.metrics import SidecarMetrics
 from wx_orchestration.sidecar.roles import SidecarContext
@@ -22,16 +37,42 @@ from wx_orchestration.sidecar.roles import SidecarContext
 log = logging.getLogger("wx_orchestration.sidecar.eventlog")
 
 
+@dataclass(frozen=True)
+class CompletenessMark:
+    """The event log's mark: every flowsheet row before it has its current version logged."""
+
+    schema: str
+    # Where a mark starts: the bridge's first start bridged nothing older.
+    lookback: timedelta
+    # Rows looked at per batch; as many as a batch can log keeps the mark up with the log.
+    page: int
+
+    def advance(self, conn: psycopg.Connection) -> None:
+        source = cdc_source(self.schema)
+        mark = load_consumer_mark(conn, source, EVENTLOG_GROUP)
+        start = mark or Watermark(datetime.now(UTC) - self.lookback, 0)
+        through = logged_through(conn, self.schema, start, self.page) or start
+        if mark is None or through > mark:
+            save_consumer_mark(conn, source, EVENTLOG_GROUP, through)
+
+
 def log_flowsheet_events(
-    pool: ConnectionPool, metrics: SidecarMetrics, events: Sequence[FlowsheetEvent]
+    pool: ConnectionPool,
+    metrics: SidecarMetrics,
+    events: Sequence[FlowsheetEvent],
+    mark: CompletenessMark | None = None,
 ) -> list[str]:
     """The sink: which entries may be acknowledged.
 
     All of them once the batch's insert has committed — a duplicate is already logged, so it is
     done too; none if the insert fails (the exception leaves the batch pending for redelivery).
+    The mark (None: left alone, as the benchmark of the insert does) moves in the same
+    transaction, so it never claims a row the log does not hold.
     """
     with pool.connection() as conn:
         new = insert_flowsheet_events(conn, events)
+        if mark is not None:
+            mark.advance(conn)
     metrics.eventlog_written.inc(new)
     metrics.eventlog_duplicates.inc(len(events) - new)
     return [event.entry_id for event in events]
@@ -43,6 +84,11 @@ class EventLogRole:
     def __init__(self, ctx: SidecarContext, consumer_name: str | None = None) -> None:
         pool = ctx.pool()
         metrics = ctx.metrics
+        mark = CompletenessMark(
+            ctx.settings.station_schema,
+            timedelta(hours=ctx.config.first_start_lookback_h),
+            ctx.config.read_count,
+        )
         self.consumer: StreamConsumer[FlowsheetEvent] = StreamConsumer(
             client=ctx.redis(),
             pool=pool,
@@ -50,7 +96,7 @@ class EventLogRole:
             group=EVENTLOG_GROUP,
             consumer=consumer_name or ctx.instance,
             decode=decode_stream_entry,
-            sink=lambda events: log_flowsheet_events(pool, metrics, events),
+            sink=lambda events: log_flowsheet_events(pool, metrics, events, mark),
             metrics=metrics,
             config=ctx.config,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -12,8 +13,9 @@ from psycopg_pool import ConnectionPool
 
 from wx_orchestration.contracts.cdc import CDC_STREAM, EVENTLOG_GROUP, StreamEvent
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
+from wx_orchestration.db.events import cdc_source, load_consumer_mark, read_flowsheet_rows
 from wx_orchestration.sidecar.consumer import StreamConsumer
-from wx_orchestration.sidecar.eventlog import log_flowsheet_events
+from wx_orchestration.sidecar.eventlog import CompletenessMark, log_flowsheet_events
 from wx_orchestration.sidecar.metrics import SidecarMetrics
 from wx_orchestration_tests.integration.sidecar_support import (
     FAST,
@@ -28,6 +30,7 @@ from wx_orchestration_tests.integration.sidecar_support import (
     stream_events,
     wait_listening,
 )
+from wx_orchestration_tests.servers import STATION_SCHEMA
 
 
 @pytest.fixture
@@ -180,3 +183,31 @@ def test_entries_failing_more_than_n_times_become_dead_letters(
     assert letters[0][1] == entry_id
     assert "delivered 4 times" in letters[0][3]
     assert client.xpending(CDC_STREAM, EVENTLOG_GROUP)["pending"] == 0
+
+
+def test_the_mark_stops_at_the_first_row_not_logged(
+    station_db: str, client: redis.Redis, pool: ConnectionPool
+) -> None:
+    mark = CompletenessMark(STATION_SCHEMA, timedelta(hours=24), page=100)
+    with connect(station_db) as conn:
+        first, second, third = (insert_tracks(conn, 1)[0] for _ in range(3))
+        rows = read_flowsheet_rows(conn, STATION_SCHEMA, [first, second, third])
+
+    def log(row_id: int) -> None:
+        fields = StreamEvent("CATCHUP", rows[row_id], None, 1, catchup=True).fields()
+        entry_id = client.xadd(CDC_STREAM, fields).decode()  # type: ignore[arg-type,union-attr]
+        event = decode_stream_entry(entry_id, fields)
+        assert isinstance(event, FlowsheetEvent)
+        log_flowsheet_events(pool, SidecarMetrics(), [event], mark)
+
+    def marked() -> int:
+        with connect(station_db) as conn:
+            mark_row = load_consumer_mark(conn, cdc_source(STATION_SCHEMA), EVENTLOG_GROUP)
+        assert mark_row is not None
+        return mark_row.flowsheet_id
+
+    log(first)
+    log(third)
+    assert marked() == first  # `second` may still be on its way: the mark waits for it
+    log(second)
+    assert marked() == third
