@@ -62,6 +62,7 @@ WITH picked AS MATERIALIZED (
     WHERE {CLAIMABLE}
       AND f.add_time >= %(start)s AND f.add_time < %(end)s
       AND f.add_time < now() - make_interval(secs => %(grace_s)s)
+      AND (%(below_id)s::int IS NULL OR f.id < %(below_id)s::int)
     ORDER BY f.id DESC
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -92,10 +93,21 @@ def claim_backlog_batch(
     end: datetime,
     grace_s: float,
     limit: int,
+    below_id: int | None = None,
 ) -> list[ClaimedRow]:
     """Claim up to `limit` claimable rows added in [start, end) and at least `grace_s` ago,
-    newest id first, skipping rows another claimer holds."""
-    params = {"start": start, "end": end, "grace_s": grace_s, "limit": limit}
+    newest id first, skipping rows another claimer holds.
+
+    `below_id` resumes a run under its previous batch: the rows it already claimed leave dead
+    entries at the top of the pending index until vacuum, and walking past them made each
+    batch slower than the last (35 ms → 175 ms per 500 over 50,000 rows)."""
+    params = {
+        "start": start,
+        "end": end,
+        "grace_s": grace_s,
+        "limit": limit,
+        "below_id": below_id,
+    }
     return _claimed(conn.execute(_CLAIM_BATCH, params).fetchall())
 
 

@@ -331,21 +331,26 @@ def drain_backlog(
     stats: LmlCallRecorder | None = None,
     progress: Callable[[str], None] = log.info,
 ) -> BacklogResult:
-    """Claim and enrich rows added in [start, end), newest first, batch after batch, until none
+    """Claim and enrich rows added in [start, end), newest first, batch after batch (each below
+    the previous one: a row released for a retry waits for the next run), until none
     is left, the time budget is spent (checked between batches, so a run stops cleanly with no
     row left claimed) or a whole LML call failed (the sensor comes back after the backoff)."""
     result = BacklogResult()
     cache = VerdictCache()
     began = time.perf_counter()
+    below_id: int | None = None
     while True:
         if time.perf_counter() - began >= time_budget_s:
             result.stopped = "time_budget"
             break
         claim_started = time.perf_counter()
-        claimed = claim_backlog_batch(conn, start=start, end=end, grace_s=grace_s, limit=batch_size)
+        claimed = claim_backlog_batch(
+            conn, start=start, end=end, grace_s=grace_s, limit=batch_size, below_id=below_id
+        )
         result.claim_s += time.perf_counter() - claim_started
         if not claimed:
             break
+        below_id = min(row.flowsheet_id for row in claimed)
         result.batches += 1
         batch = enrich_claimed(
             conn, lml, claimed, around_call=around_call, policy=policy, cache=cache, stats=stats

@@ -204,6 +204,26 @@ def test_shed_answers_leave_rows_pending_with_backoff(
     assert claim_backlog_batch(conn, start=DAY_START, end=DAY_END, grace_s=0, limit=10) == []
 
 
+def test_a_backlog_claim_resumes_below_the_previous_batch(conn):
+    ids = [add_play(conn, f"Artist {n}") for n in range(5)]
+    first = claim_backlog_batch(conn, start=DAY_START, end=DAY_END, grace_s=0, limit=2)
+    assert [row.flowsheet_id for row in first] == ids[:-3:-1]
+    below = min(row.flowsheet_id for row in first)
+    nxt = claim_backlog_batch(
+        conn, start=DAY_START, end=DAY_END, grace_s=0, limit=2, below_id=below
+    )
+    assert [row.flowsheet_id for row in nxt] == [ids[2], ids[1]]
+    # A row above the cursor that is pending again is left for the next run.
+    conn.execute(
+        "UPDATE flowsheet SET metadata_status = 'pending', enriching_since = NULL WHERE id = %s",
+        (ids[4],),
+    )
+    last = claim_backlog_batch(
+        conn, start=DAY_START, end=DAY_END, grace_s=0, limit=2, below_id=ids[1]
+    )
+    assert [row.flowsheet_id for row in last] == [ids[0]]
+
+
 def scripted(
     answers: dict[str, dict[str, Any] | None],
 ) -> Callable[[dict[str, Any]], tuple[int, Any]]:
