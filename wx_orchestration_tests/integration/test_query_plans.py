@@ -45,6 +45,7 @@ def plan(conn: psycopg.Connection, query: LiteralString, params: Any) -> str:
 
 def test_tick_queries_never_scan_the_whole_flowsheet(big_flowsheet: psycopg.Connection) -> None:
     now = datetime.now(UTC)
+    claim = {"start": now - timedelta(days=3), "end": now, "grace_s": 120, "limit": 500}
     plans = {
         "stale claims": plan(big_flowsheet, sweeps._STALE_CLAIMS, {"lease_s": 60, "limit": 1000}),
         "missed pending": plan(
@@ -56,10 +57,9 @@ def test_tick_queries_never_scan_the_whole_flowsheet(big_flowsheet: psycopg.Conn
             enrichment._PENDING_DAYS,
             {"tz": "America/New_York", "grace_s": 120, "limit": 3},
         ),
-        "backlog claim": plan(
-            big_flowsheet,
-            enrichment._CLAIM_BATCH,
-            {"start": now - timedelta(days=3), "end": now, "grace_s": 120, "limit": 500},
+        "backlog claim": plan(big_flowsheet, enrichment._CLAIM_BATCH, {**claim, "below_id": None}),
+        "backlog claim, next batch": plan(
+            big_flowsheet, enrichment._CLAIM_BATCH, {**claim, "below_id": 59_000}
         ),
     }
     for name, text in plans.items():
