@@ -7,12 +7,14 @@ subscribers (asyncio, raw sockets: no client library between the bytes and the c
 frame written to `wx:live` carries the wall-clock time of its XADD; a subscriber's latency is
 its receipt time minus that. Baseline in the same run: the same events to one subscriber.
 Memory per subscriber is the server's RSS growth over the subscribers' connection, divided by N.
+CPU per frame: the server's and this process's CPU time over the publishing, divided by frames.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import subprocess
@@ -20,12 +22,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import httpx
 import psutil
 import redis
+import uvloop
 
 from bench.common import STATION_SCHEMA, bench_database, bench_redis
 from wx_orchestration.contracts.live import FRAME_FIELD, LIVE_STREAM, LiveFrame
@@ -81,40 +84,48 @@ def live_sidecar(
         process.wait(15)
 
 
-@dataclass
-class Subscriber:
-    latencies_ms: list[float] = field(default_factory=list)
-    established: asyncio.Event = field(default_factory=asyncio.Event)
+_REQUEST = b"GET /events/stream?topics=live-fs-topic HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
-async def subscribe(port: int, subscriber: Subscriber, stop: asyncio.Event) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /events/stream?topics=live-fs-topic HTTP/1.1\r\nHost: bench\r\n\r\n")
-    await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(head.decode(errors="replace"))
-    reading = asyncio.ensure_future(_read_frames(reader, subscriber))
-    await stop.wait()
-    reading.cancel()
-    writer.close()
+class Subscriber(asyncio.Protocol):
+    """One SSE connection, read in the transport's callback: no stream reader, no task
+    wake-up per read, so as little as possible of the shared two cores goes to the clients."""
 
+    def __init__(self) -> None:
+        self.latencies_ms: list[float] = []
+        self.established: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.head: bytes | None = b""  # None once the response head is read
 
-async def _read_frames(reader: asyncio.StreamReader, subscriber: Subscriber) -> None:
-    # Scan raw bytes rather than parse JSON: the client's CPU is on the same two cores as the
-    # server's, and what is measured is the server. A frame never spans two reads here (the
-    # server writes whole events and each is far smaller than the read size).
-    while chunk := await reader.read(1 << 16):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.write(_REQUEST)
+
+    def data_received(self, data: bytes) -> None:
         received_ns = time.time_ns()
-        start = chunk.find(_MARK)
-        if start < 0:
-            subscriber.established.set()
+        if self.head is not None:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.head.startswith(b"HTTP/1.1 200"):
+                self.established.set_exception(RuntimeError(self.head.decode(errors="replace")))
+                return
+            data = self.head[end + 4 :]
+            self.head = None
+        # Scan raw bytes rather than parse JSON: what is measured is the server. A frame never
+        # spans two reads here (the server writes whole events, each far under a read's size).
+        start = data.find(_MARK)
+        if start < 0 and data and not self.established.done():
+            self.established.set_result(None)  # `connection-established`
         while start >= 0:
-            end = chunk.index(b"}", start)
-            subscriber.latencies_ms.append(
-                (received_ns - int(chunk[start + len(_MARK) : end])) / 1e6
-            )
-            start = chunk.find(_MARK, end)
+            end = data.index(b"}", start)
+            self.latencies_ms.append((received_ns - int(data[start + len(_MARK) : end])) / 1e6)
+            start = data.find(_MARK, end)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def publish(client: redis.Redis, events: int, rate: float) -> None:
@@ -134,27 +145,36 @@ def percentile(values: list[float], q: float) -> float:
 async def measure(
     port: int, client: redis.Redis, count: int, events: int, rate: float, server: psutil.Process
 ) -> dict[str, float]:
-    stop = asyncio.Event()
     subscribers = [Subscriber() for _ in range(count)]
     rss_before = server.memory_info().rss
     connecting = time.perf_counter()
     gate = asyncio.Semaphore(200)  # do not overrun the listen backlog
 
-    async def connect(subscriber: Subscriber) -> asyncio.Task[None]:
+    async def connect(subscriber: Subscriber) -> None:
         async with gate:
-            task = asyncio.ensure_future(subscribe(port, subscriber, stop))
-            await subscriber.established.wait()
-            return task
+            await loop.create_connection(lambda: subscriber, "127.0.0.1", port)
+            await subscriber.established
 
-    tasks = await asyncio.gather(*(connect(s) for s in subscribers))
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(connect(s) for s in subscribers))
     connect_s = time.perf_counter() - connecting
     rss_after = server.memory_info().rss
+    # The subscribers' thousands of long-lived objects would otherwise be rescanned by this
+    # process's full collections in the middle of the measurement.
+    gc.collect()
+    gc.freeze()
+    server_cpu = _cpu_s(server)
+    own_cpu = time.process_time()
     await publish(client, events, rate)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(len(s.latencies_ms) < events for s in subscribers):
         await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    server_cpu = _cpu_s(server) - server_cpu
+    own_cpu = time.process_time() - own_cpu
+    for subscriber in subscribers:
+        subscriber.close()
+    gc.unfreeze()
     latencies = [ms for s in subscribers for ms in s.latencies_ms]
     return {
         "subscribers": count,
@@ -165,7 +185,14 @@ async def measure(
         "p99_ms": percentile(latencies, 0.99),
         "max_ms": max(latencies),
         "rss_per_subscriber_kib": (rss_after - rss_before) / count / 1024,
+        "server_cpu_ms_per_frame": server_cpu / events * 1000,
+        "client_cpu_ms_per_frame": own_cpu / events * 1000,
     }
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def main() -> None:
@@ -178,13 +205,19 @@ def main() -> None:
         client = redis.Redis.from_url(redis_url)
         with live_sidecar(database_url, redis_url, args.subscribers + 10) as (port, server):
             for count in (1, args.subscribers):
-                result = asyncio.run(measure(port, client, count, args.events, args.rate, server))
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    result = runner.run(
+                        measure(port, client, count, args.events, args.rate, server)
+                    )
                 print(
                     f"{result['subscribers']:>5} subscribers: connected in "
                     f"{result['connect_s']:.2f} s; {result['deliveries']} deliveries "
                     f"({result['missing']} missing); XADD → receipt p50 {result['p50_ms']:.2f} ms, "
                     f"p99 {result['p99_ms']:.2f} ms, max {result['max_ms']:.2f} ms; server RSS "
-                    f"+{result['rss_per_subscriber_kib']:.1f} KiB per subscriber",
+                    f"+{result['rss_per_subscriber_kib']:.1f} KiB per subscriber; CPU per frame "
+                    f"server {result['server_cpu_ms_per_frame']:.1f} ms, subscribers "
+                    f"{result['client_cpu_ms_per_frame']:.1f} ms; load average "
+                    f"{os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
         client.close()

@@ -27,9 +27,10 @@ import logging
 import os
 import threading
 import time
+import types
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +45,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from wx_orchestration.contracts.cdc import CDC_STREAM
 from wx_orchestration.contracts.live import (
@@ -253,18 +254,43 @@ class LiveProjector:
 Chunk = tuple[EntryId | None, bytes]  # None: not an entry (a keepalive comment)
 
 
+def _body(chunk: bytes) -> Message:
+    return {"type": "http.response.body", "body": chunk, "more_body": True}
+
+
+@types.coroutine
+def _resume(write: Coroutine[Any, Any, None], suspended: Any) -> Generator[Any, Any, None]:
+    """Go on, under the awaiting task, with a `send` that suspended while driven by hand."""
+    while True:
+        try:
+            sent = yield suspended
+        except BaseException as err:  # the task's cancellation, thrown into the write
+            try:
+                suspended = write.throw(err)
+            except StopIteration:
+                return
+        else:
+            try:
+                suspended = write.send(sent)
+            except StopIteration:
+                return
+
+
 class Subscription:
-    """One SSE connection's bounded queue of encoded chunks, drained by its pump task."""
+    """One SSE connection. The fan-out writes each read to it on the spot while its transport
+    takes the bytes; once a write has to wait for the client, what follows queues (bounded)
+    for a writer task, and direct writes resume when that queue is empty again."""
 
     __slots__ = (
         "closed",
+        "ended",
         "floor",
         "limit",
         "overflowed",
         "pending",
         "pending_bytes",
-        "pump",
-        "wake",
+        "send",
+        "writer",
     )
 
     def __init__(self, limit_bytes: int, floor: EntryId) -> None:
@@ -273,41 +299,81 @@ class Subscription:
         self.floor = floor
         self.pending: deque[Chunk] = deque()
         self.pending_bytes = 0
-        self.wake = asyncio.Event()
-        self.pump: asyncio.Task[None] | None = None
+        # None until the opening frames are under way: everything queues before them.
+        self.send: Send | None = None
+        self.writer: asyncio.Task[None] | None = None
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = False
         self.overflowed = False
 
-    def offer(self, chunks: Sequence[Chunk], size: int) -> None:
+    def open(self, send: Send, opening: bytes) -> None:
+        """Send the opening frames, then what queued meanwhile, then go live."""
+        self.send = send
+        self.writer = asyncio.create_task(self._write_queued(send, send(_body(opening))))
+
+    def offer(self, chunks: Sequence[Chunk], joined: bytes) -> None:
+        """`joined`: the chunks' bytes in one piece, built once for every connection."""
         if self.closed:
             return
-        # A client that has taken everything so far keeps up, however big this read is; one
-        # still holding unsent chunks is behind, and is closed once that exceeds the limit.
-        if self.pending and self.pending_bytes + size > self.limit:
-            self.overflowed = True
-            self.close()
+        if self.send is None or self.writer is not None:
+            # A client that has taken everything so far keeps up, however big this read is; one
+            # still holding unsent chunks is behind, and is closed once that exceeds the limit.
+            if self.pending and self.pending_bytes + len(joined) > self.limit:
+                self.overflowed = True
+                self.close()
+                return
+            self.pending.extend(chunks)
+            self.pending_bytes += len(joined)
             return
-        self.pending.extend(chunks)
-        self.pending_bytes += size
-        self.wake.set()
+        first = chunks[0][0]
+        if first is not None and first <= self.floor:
+            joined = self._after_floor(chunks)
+        if joined:
+            self._write(self.send, joined)
+
+    def _after_floor(self, chunks: Sequence[Chunk]) -> bytes:
+        return b"".join(c for i, c in chunks if i is None or i > self.floor)
+
+    def _write(self, send: Send, chunk: bytes) -> None:
+        # uvicorn's `send` only suspends while the transport is paused; driving it by hand
+        # spares a task wake-up per connection per read, which is what fan-out time is made of.
+        write = send(_body(chunk))
+        if isinstance(write, Coroutine):
+            try:
+                suspended = write.send(None)
+            except StopIteration:
+                return
+            except Exception as err:  # one failed connection must not stop the fan-out
+                log.info("live feed: closing a connection whose write failed: %r", err)
+                self.close()
+                return
+            write = _resume(write, suspended)
+        self.writer = asyncio.create_task(self._write_queued(send, write))
+
+    async def _write_queued(self, send: Send, first: Awaitable[None]) -> None:
+        try:
+            await first
+            while self.pending:
+                joined = self._after_floor(self.pending)
+                self.pending.clear()
+                self.pending_bytes = 0
+                if joined:
+                    await send(_body(joined))
+        except Exception as err:
+            log.info("live feed: closing a connection whose write failed: %r", err)
+            self.close()
+        else:
+            # No await since the queue was seen empty: the next read is written directly.
+            self.writer = None
 
     def close(self) -> None:
         self.closed = True
         self.pending.clear()
-        # Cancelling also frees a pump stuck writing to a client that stopped reading.
-        if self.pump is not None:
-            self.pump.cancel()
-
-    async def take(self) -> bytes | None:
-        """The chunks queued since the last call, joined; None once closed."""
-        await self.wake.wait()
-        self.wake.clear()
-        if self.closed:
-            return None
-        joined = b"".join(c for i, c in self.pending if i is None or i > self.floor)
-        self.pending.clear()
-        self.pending_bytes = 0
-        return joined
+        # Cancelling also frees a writer stuck on a client that stopped reading.
+        if self.writer is not None:
+            self.writer.cancel()
+        if not self.ended.done():
+            self.ended.set_result(None)
 
 
 class LiveHub:
@@ -398,9 +464,9 @@ class LiveHub:
                 self.fan_out(chunks)
 
     def fan_out(self, chunks: Sequence[Chunk]) -> None:
-        size = sum(len(chunk) for _, chunk in chunks)
+        joined = b"".join(chunk for _, chunk in chunks)
         for subscription in list(self.subscriptions):
-            subscription.offer(chunks, size)
+            subscription.offer(chunks, joined)
             if subscription.overflowed:
                 self.unsubscribe(subscription)
                 self.metrics.slow_closed.inc()
@@ -538,21 +604,18 @@ class EventStream:
             }
         )
 
-        async def pump() -> None:
-            await send({"type": "http.response.body", "body": opening, "more_body": True})
-            while (chunk := await subscription.take()) is not None:
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-        subscription.pump = asyncio.create_task(pump())
+        subscription.open(send, opening)
         watcher = asyncio.create_task(_until_disconnected(receive))
         try:
-            await asyncio.wait({subscription.pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({subscription.ended, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.hub.unsubscribe(subscription)
-            subscription.pump.cancel()
+            subscription.close()
             watcher.cancel()
-            await asyncio.gather(subscription.pump, watcher, return_exceptions=True)
+            writer = subscription.writer
+            await asyncio.gather(
+                watcher, *([writer] if writer is not None else []), return_exceptions=True
+            )
         if watcher.cancelled():
             # Still connected (closed by us): end the response cleanly if the client takes it;
             # one that stopped reading is cut off when this returns.
