@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -138,6 +138,11 @@ class LiveMetrics:
         self.connections = Gauge("wx_live_connections", "Open SSE connections", registry=r)
         self.rejected = Counter(
             "wx_live_connections_rejected", "SSE connections refused at the cap", registry=r
+        )
+        self.writes_waited = Counter(
+            "wx_live_writes_waited",
+            "Writes that waited for a client to read (its frames queued meanwhile)",
+            registry=r,
         )
         self.slow_closed = Counter(
             "wx_live_slow_clients_closed",
@@ -290,11 +295,13 @@ class Subscription:
         "pending",
         "pending_bytes",
         "send",
+        "waited",
         "writer",
     )
 
-    def __init__(self, limit_bytes: int, floor: EntryId) -> None:
+    def __init__(self, limit_bytes: int, floor: EntryId, waited: Counter) -> None:
         self.limit = limit_bytes
+        self.waited = waited
         # Entries at or before this id were sent already (replay) or are covered by a refetch.
         self.floor = floor
         self.pending: deque[Chunk] = deque()
@@ -336,19 +343,19 @@ class Subscription:
 
     def _write(self, send: Send, chunk: bytes) -> None:
         # uvicorn's `send` only suspends while the transport is paused; driving it by hand
-        # spares a task wake-up per connection per read, which is what fan-out time is made of.
-        write = send(_body(chunk))
-        if isinstance(write, Coroutine):
-            try:
-                suspended = write.send(None)
-            except StopIteration:
-                return
-            except Exception as err:  # one failed connection must not stop the fan-out
-                log.info("live feed: closing a connection whose write failed: %r", err)
-                self.close()
-                return
-            write = _resume(write, suspended)
-        self.writer = asyncio.create_task(self._write_queued(send, write))
+        # spares a task wake-up per connection per read, most of the fan-out's cost otherwise.
+        # (ASGI servers' `send` is an `async def`, hence a coroutine.)
+        write = cast(Coroutine[Any, Any, None], send(_body(chunk)))
+        try:
+            suspended = write.send(None)
+        except StopIteration:
+            return
+        except Exception as err:  # one failed connection must not stop the fan-out
+            log.info("live feed: closing a connection whose write failed: %r", err)
+            self.close()
+            return
+        self.waited.inc()
+        self.writer = asyncio.create_task(self._write_queued(send, _resume(write, suspended)))
 
     async def _write_queued(self, send: Send, first: Awaitable[None]) -> None:
         try:
@@ -429,7 +436,9 @@ class LiveHub:
         Synchronous on purpose: between reading `position` and joining the set no entry can
         be fanned out, so replaying up to `position` and then draining the queue is exact.
         """
-        subscription = Subscription(self.config.queue_bytes, self.position)
+        subscription = Subscription(
+            self.config.queue_bytes, self.position, self.metrics.writes_waited
+        )
         self.subscriptions.add(subscription)
         self.metrics.connections.set(len(self.subscriptions))
         return subscription

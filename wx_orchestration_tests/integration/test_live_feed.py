@@ -6,10 +6,12 @@ clients read `/events/stream` with httpx (or a raw socket, to play a client that
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -454,6 +456,49 @@ def test_a_client_that_stops_reading_is_closed(live: LiveServer) -> None:
         assert total_received < sent * 64 * 1024
     finally:
         slow.close()
+
+
+def test_a_client_that_falls_behind_and_catches_up_misses_nothing(
+    station_db: str, redis_url: str
+) -> None:
+    # A queue big enough that falling behind never closes the connection.
+    with serving_live(station_db, redis_url, env={"WX_LIVE_QUEUE_BYTES": str(64 << 20)}) as live:
+        lagging = socket.socket()
+        lagging.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        lagging.connect(("127.0.0.1", int(live.base.rsplit(":", 1)[1])))
+        lagging.sendall(b"GET /events/stream?topics=live-fs-topic HTTP/1.1\r\nHost: x\r\n\r\n")
+        lagging.settimeout(5)
+        try:
+            received = lagging.recv(1 << 16)
+            assert received.startswith(b"HTTP/1.1 200")
+            sent: list[str] = []
+
+            def write_waits() -> bool:
+                # Rounds it does not read, until the server's writes to it have to wait.
+                sent.extend(add_frames(live.redis, 20, padding=64 * 1024))
+                return live.metric("wx_live_writes_waited_total") >= 1
+
+            poll(write_waits, timeout=30, what="a write to wait for the client")
+            sent += add_frames(live.redis, 5)  # queued behind that write
+
+            def read_until(last: str) -> list[str]:
+                nonlocal received
+                deadline = time.monotonic() + 30
+                while f"id: {last}\n".encode() not in received:
+                    assert time.monotonic() < deadline, f"timed out waiting for {last}"
+                    chunk = lagging.recv(1 << 20)
+                    assert chunk, "the server closed the connection"
+                    received += chunk
+                return [m.decode() for m in re.findall(rb"\nid: (\d+-\d+)\n", received)]
+
+            assert read_until(sent[-1]) == sent
+            # Caught up: what follows is written to it again as it comes.
+            sent += add_frames(live.redis, 3)
+            assert read_until(sent[-1]) == sent
+            assert live.metric("wx_live_slow_clients_closed_total") == 0
+            assert live.metric("wx_live_connections") == 1
+        finally:
+            lagging.close()
 
 
 def test_cors_and_the_page(live: LiveServer) -> None:
