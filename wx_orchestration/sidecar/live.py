@@ -7,9 +7,11 @@ Two halves, either of which can run on any number of sidecars:
   per-event dedupe key and XADDs in one atomic step, so a redelivered or re-bridged event is
   published once; the keys outlive the 24-hour window after which no event can produce a frame.
 - The HTTP side. Each process reads `wx:live` with one reader task (XREAD BLOCK) on uvicorn's
-  event loop and fans every entry out, encoded once, to a bounded queue per connection. A
-  connection whose queue overflows is closed; its client reconnects with `Last-Event-ID` and
-  gets what it missed from the stream. `/flowsheet/recent` reads the stream's newest id *before*
+  event loop and writes every read, encoded once, straight to each connection's transport from
+  that task. Only a connection whose transport is paused (its client reads slower than it is
+  written to) queues, in a bounded queue drained by a task of its own; one whose queue
+  overflows is closed, and its client reconnects with `Last-Event-ID` and gets what it missed
+  from the stream. `/flowsheet/recent` reads the stream's newest id *before*
   querying, so every event after that id is one the snapshot may lack (no gap); the row version
   (`updated_at`) in every payload lets the client skip those it already has (no duplicate).
 
