@@ -345,8 +345,8 @@ class Subscription:
 
     def _write(self, send: Send, chunk: bytes) -> None:
         # uvicorn's `send` only suspends while the transport is paused; driving it by hand
-        # spares a task wake-up per connection per read, most of the fan-out's cost otherwise.
-        # (ASGI servers' `send` is an `async def`, hence a coroutine.)
+        # spares a task wake-up per connection per read, a third of the fan-out's CPU when
+        # each connection had a task of its own. (An ASGI `send` is an `async def`.)
         write = cast(Coroutine[Any, Any, None], send(_body(chunk)))
         try:
             suspended = write.send(None)
