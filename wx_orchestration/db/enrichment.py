@@ -62,7 +62,7 @@ WITH picked AS MATERIALIZED (
     WHERE {CLAIMABLE}
       AND f.add_time >= %(start)s AND f.add_time < %(end)s
       AND f.add_time < now() - make_interval(secs => %(grace_s)s)
-      AND (%(below_id)s::int IS NULL OR f.id < %(below_id)s::int)
+      AND f.id < COALESCE(%(below_id)s::bigint, 2147483648)
     ORDER BY f.id DESC
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

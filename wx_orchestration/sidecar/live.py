@@ -317,8 +317,13 @@ class Subscription:
 
     def open(self, send: Send, opening: bytes) -> None:
         """Send the opening frames, then what queued meanwhile, then go live."""
+        if self.closed:  # overflowed, or the hub closed, while the opening was being built
+            return
         self.send = send
-        self.writer = asyncio.create_task(self._write_queued(send, send(_body(opening))))
+        # Queued rather than sent here: a task cancelled before its first step would leave a
+        # `send` coroutine never awaited. Not counted against the limit: it is not lag.
+        self.pending.appendleft((None, opening))
+        self.writer = asyncio.create_task(self._write_queued(send))
 
     def offer(self, chunks: Sequence[Chunk], joined: bytes) -> None:
         """`joined`: the chunks' bytes in one piece, built once for every connection."""
@@ -359,9 +364,10 @@ class Subscription:
         self.waited.inc()
         self.writer = asyncio.create_task(self._write_queued(send, _resume(write, suspended)))
 
-    async def _write_queued(self, send: Send, first: Awaitable[None]) -> None:
+    async def _write_queued(self, send: Send, first: Awaitable[None] | None = None) -> None:
         try:
-            await first
+            if first is not None:
+                await first
             while self.pending:
                 joined = self._after_floor(self.pending)
                 self.pending.clear()
@@ -661,6 +667,8 @@ class LiveRole:
         self.hub = LiveHub(ctx.settings.redis_url, self.config, self.metrics)
         self.page = (STATIC_DIR / "now_playing.html").read_bytes()
         self.script = (STATIC_DIR / "now_playing.js").read_bytes()
+        # Pure ASGI middleware only around the stream: the fan-out drives each `send` coroutine
+        # by hand (Subscription._write), which a BaseHTTPMiddleware's stream-based send breaks.
         cors = (
             [
                 Middleware(
