@@ -99,20 +99,40 @@ def load_watermark(conn: psycopg.Connection, name: str) -> Watermark | None:
     return Watermark(row[0], row[1])
 
 
-def save_watermark(conn: psycopg.Connection, name: str, mark: Watermark) -> None:
-    """Move the watermark forward to `mark`; never back (two bridges may overlap briefly)."""
+def load_stream_entries_added(conn: psycopg.Connection, name: str) -> int | None:
+    """What the stream's `entries-added` was at least when the bridge last saved its watermark."""
+    row = conn.execute(
+        "SELECT stream_entries_added FROM wx_orchestration.cdc_watermark WHERE name = %s",
+        (name,),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def save_watermark(
+    conn: psycopg.Connection, name: str, mark: Watermark, stream_entries_added: int | None
+) -> None:
+    """Move the watermark forward to `mark` and record the stream's `entries-added` with it.
+
+    The watermark never goes back (two bridges may overlap briefly); `entries-added` is taken
+    as given, since a stream recreated after a loss counts from 0 again. None leaves it as is.
+    """
     conn.execute(
         """
-        INSERT INTO wx_orchestration.cdc_watermark AS w (name, updated_at, flowsheet_id)
-        VALUES (%s, %s, %s)
+        INSERT INTO wx_orchestration.cdc_watermark AS w
+            (name, updated_at, flowsheet_id, stream_entries_added)
+        VALUES (%s, %s, %s, %s)
         ON CONFLICT (name) DO UPDATE
-            SET updated_at = EXCLUDED.updated_at,
-                flowsheet_id = EXCLUDED.flowsheet_id,
+            SET updated_at = CASE WHEN w.updated_at IS NULL OR (w.updated_at, w.flowsheet_id)
+                                           < (EXCLUDED.updated_at, EXCLUDED.flowsheet_id)
+                                  THEN EXCLUDED.updated_at ELSE w.updated_at END,
+                flowsheet_id = CASE WHEN w.updated_at IS NULL OR (w.updated_at, w.flowsheet_id)
+                                             < (EXCLUDED.updated_at, EXCLUDED.flowsheet_id)
+                                    THEN EXCLUDED.flowsheet_id ELSE w.flowsheet_id END,
+                stream_entries_added = COALESCE(EXCLUDED.stream_entries_added,
+                                                w.stream_entries_added),
                 saved_at = now()
-            WHERE w.updated_at IS NULL
-               OR (w.updated_at, w.flowsheet_id) < (EXCLUDED.updated_at, EXCLUDED.flowsheet_id)
         """,
-        (name, mark.updated_at, mark.flowsheet_id),
+        (name, mark.updated_at, mark.flowsheet_id, stream_entries_added),
     )
 
 
@@ -121,39 +141,89 @@ def cdc_source(schema: str) -> str:
     return f"{schema}.flowsheet"
 
 
-def load_consumer_mark(conn: psycopg.Connection, source: str, group: str) -> Watermark | None:
+@dataclass(frozen=True)
+class ConsumerMark:
+    group: str
+    position: Watermark
+    saved_at: datetime  # when it last moved
+
+
+def consumer_marks(conn: psycopg.Connection, source: str) -> list[ConsumerMark]:
+    """Every group's mark on `source`, oldest position first."""
+    rows = conn.execute(
+        "SELECT consumer_group, updated_at, flowsheet_id, saved_at"
+        " FROM wx_orchestration.cdc_consumer_marks WHERE source = %s"
+        " ORDER BY updated_at, flowsheet_id",
+        (source,),
+    ).fetchall()
+    return [ConsumerMark(group, Watermark(at, row_id), saved) for group, at, row_id, saved in rows]
+
+
+def lock_consumer_mark(
+    conn: psycopg.Connection, source: str, group: str, start: Watermark
+) -> Watermark | None:
+    """The group's mark, locked until this transaction ends; created at `start` if missing.
+
+    None: another transaction holds it. It is moving the mark right now, so the caller skips
+    instead of queueing behind it (an upsert would wait for the row lock even when it then
+    changes nothing).
+    """
     row = conn.execute(
         "SELECT updated_at, flowsheet_id FROM wx_orchestration.cdc_consumer_marks"
-        " WHERE source = %s AND consumer_group = %s",
+        " WHERE source = %s AND consumer_group = %s FOR UPDATE SKIP LOCKED",
         (source, group),
     ).fetchone()
-    return None if row is None else Watermark(row[0], row[1])
-
-
-def oldest_consumer_mark(conn: psycopg.Connection, source: str) -> Watermark | None:
-    row = conn.execute(
-        "SELECT updated_at, flowsheet_id FROM wx_orchestration.cdc_consumer_marks"
-        " WHERE source = %s ORDER BY updated_at, flowsheet_id LIMIT 1",
-        (source,),
+    if row is not None:
+        return Watermark(row[0], row[1])
+    created = conn.execute(
+        """
+        INSERT INTO wx_orchestration.cdc_consumer_marks
+            (source, consumer_group, updated_at, flowsheet_id)
+        VALUES (%s, %s, %s, %s)
+        ON CONFLICT (source, consumer_group) DO NOTHING
+        RETURNING updated_at
+        """,
+        (source, group, start.updated_at, start.flowsheet_id),
     ).fetchone()
-    return None if row is None else Watermark(row[0], row[1])
+    return None if created is None else start
 
 
 def save_consumer_mark(conn: psycopg.Connection, source: str, group: str, mark: Watermark) -> None:
-    """Move the group's mark forward to `mark`; never back (its consumers run side by side)."""
+    """Move a mark this transaction holds (`lock_consumer_mark`) to `mark`."""
     conn.execute(
         """
-        INSERT INTO wx_orchestration.cdc_consumer_marks AS m
-            (source, consumer_group, updated_at, flowsheet_id)
-        VALUES (%s, %s, %s, %s)
-        ON CONFLICT (source, consumer_group) DO UPDATE
-            SET updated_at = EXCLUDED.updated_at,
-                flowsheet_id = EXCLUDED.flowsheet_id,
-                saved_at = now()
-            WHERE (m.updated_at, m.flowsheet_id) < (EXCLUDED.updated_at, EXCLUDED.flowsheet_id)
+        UPDATE wx_orchestration.cdc_consumer_marks
+        SET updated_at = %s, flowsheet_id = %s, saved_at = now()
+        WHERE source = %s AND consumer_group = %s
         """,
-        (source, group, mark.updated_at, mark.flowsheet_id),
+        (mark.updated_at, mark.flowsheet_id, source, group),
     )
+
+
+def oldest_mark_age_s(conn: psycopg.Connection, schema: str, source: str) -> float:
+    """Seconds since the oldest row change that some group's mark has not passed was made.
+
+    A mark that has passed every row is not behind, however long ago it last moved (a quiet
+    station): 0 then. A stuck one grows by the second.
+    """
+    row = conn.execute(
+        sql.SQL(
+            """
+            SELECT coalesce(max(extract(epoch FROM now() - next_row.updated_at)), 0)
+            FROM wx_orchestration.cdc_consumer_marks AS m
+            CROSS JOIN LATERAL (
+                SELECT f.updated_at
+                FROM {}.flowsheet AS f
+                WHERE (f.updated_at, f.id) > (m.updated_at, m.flowsheet_id)
+                ORDER BY f.updated_at, f.id
+                LIMIT 1
+            ) AS next_row
+            WHERE m.source = %s
+            """
+        ).format(sql.Identifier(schema)),
+        (source,),
+    ).fetchone()
+    return max(0.0, float(row[0])) if row else 0.0
 
 
 def logged_through(

@@ -10,13 +10,19 @@ them as CATCHUP events. Whatever arrives both ways is one event downstream (same
 The stream itself can be lost: Redis restarted empty (or from an older snapshot), the stream
 deleted or the database flushed. Entries a group had not finished — read but not yet written
 and acknowledged, or not read at all — went with it, and they may be far older than the
-watermark. So when the stream holds fewer entries than were added to it (`entries-added`, Redis
-7), or is empty when this process first looks, the next catch-up reaches back to the oldest
+watermark. The bridge knows how many entries the stream has had added at least (`entries-added`
+of XINFO STREAM, Redis 7: as last seen plus its own XADDs) and saves that with the watermark, so
+a bridge starting after the loss knows it too. When the stream reports fewer, or is missing or
+empty at a first look while a watermark exists, the next catch-up reaches back to the oldest
 consumer mark (`wx_orchestration.cdc_consumer_marks`: every row before it has its current
-version in that group's table; the event log keeps one) minus the overlap, or to the first-start
-lookback when no group keeps a mark. A row changed several times meanwhile is replayed as it is
-now: versions that existed only in the lost stream cannot be read back. A group deleted on its
-own needs no replay: its consumers recreate it at the start of the stream and read it all again.
+version in that group's table; the event log keeps one) minus the overlap. Never further than
+the first-start lookback, though: a mark stuck on a row that will never be logged (or left by a
+retired group; marks that have not moved within the lookback are ignored) would otherwise have
+the replay push more rows through a stream capped at `stream_maxlen` than it holds, trimming
+entries before anyone reads them. Without a mark, the replay starts at that lookback too. A row
+changed several times meanwhile is replayed as it is now: versions that existed only in the lost
+stream cannot be read back. A group deleted on its own needs no replay: its consumers recreate
+it at the start of the stream and read it all again.
 
 One bridge is active at a time: it holds a session advisory lock on a connection of its own,
 which also sends the liveness pings its LISTEN connection must echo. If the process dies, the
@@ -56,9 +62,11 @@ from wx_orchestration.db.events import (
     DeadLetter,
     Watermark,
     cdc_source,
+    consumer_marks,
     insert_dead_letters,
+    load_stream_entries_added,
     load_watermark,
-    oldest_consumer_mark,
+    oldest_mark_age_s,
     read_flowsheet_rows,
     save_watermark,
     scan_changed_rows,
@@ -82,6 +90,10 @@ class LostLeadership(Exception):
     """The session holding the advisory lock is gone; another bridge may be active now."""
 
 
+class RedisTooOld(Exception):
+    """XINFO STREAM has no `entries-added` (Redis < 7), so a lost stream cannot be told."""
+
+
 class CdcBridge:
     name = "bridge"
 
@@ -102,8 +114,13 @@ class CdcBridge:
         self._catchup_due = True
         # Lowest row position a failed XADD left unbridged; the next catch-up starts there.
         self._catchup_floor: Watermark | None = None
-        # What `entries-added` of the stream should be at least: as last seen, plus our XADDs.
+        # What `entries-added` of the stream should be at least: as saved with the watermark or
+        # last seen, plus our XADDs (None: not known yet).
         self._stream_added: int | None = None
+        # The value the watermark's row holds, so that a change of it alone is saved too.
+        self._saved_added: int | None = None
+        # A first look counts a missing or empty stream as lost even when no count was saved.
+        self._first_look = True
         # The stream was lost: the next catch-up replays what its consumers had not finished.
         self._replay_due = False
 
@@ -118,10 +135,21 @@ class CdcBridge:
             except (psycopg.OperationalError, LostLeadership) as err:
                 log.warning("bridge lost its database session (%s); starting over", err)
                 stop.wait(1.0)
+            except RedisTooOld as err:
+                log.error("bridge stopped: %s", err)
+                return
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as err:
+                # Restarting cannot help; one line says what will.
+                log.error(
+                    "bridge stopped: %s (run `wx migrate`; is WXYC_SCHEMA_NAME right?)",
+                    err.diag.message_primary,
+                )
+                return
             finally:
                 self._set_state("off")
                 self.listen_alive = False
                 self.metrics.listen_alive.set(0)
+                self.metrics.oldest_mark_age.set(0)
 
     def readiness(self) -> tuple[bool, str]:
         state = self.ctx.bridge_state
@@ -149,6 +177,11 @@ class CdcBridge:
                     log.info("bridge is the leader on %s", redact_url(self.url))
                     self._set_state("leader")
                     self._catchup_due = True
+                    # Another leader may have added entries since this process last led.
+                    with self.pool.connection() as pooled:
+                        self._stream_added = load_stream_entries_added(pooled, self.watermark_name)
+                    self._saved_added = self._stream_added
+                    self._first_look = True
                     yield conn
                     return
                 stop.wait(self.config.standby_poll_s)
@@ -189,6 +222,7 @@ class CdcBridge:
             if now >= next_ping:
                 next_ping = now + self.config.ping_interval_s
                 self._check_stream()
+                self._report_mark_age()
                 if ping_sent_at is None:
                     ping_sent_at = now
                     try:
@@ -337,11 +371,18 @@ class CdcBridge:
             # Rows from the floor on were not bridged yet: a watermark saved past them would
             # let the next leader's catch-up skip them if this process stops first.
             mark = min(mark, self._catchup_floor)
-        if self._watermark is not None and mark <= self._watermark:
+        moved = self._watermark is None or mark > self._watermark
+        # Until the replay is done, the higher count stays saved: should this process stop
+        # first, the next leader sees the loss as well.
+        added = None if self._replay_due else self._stream_added
+        if not moved and added in (None, self._saved_added):
             return
         with self.pool.connection() as conn:
-            save_watermark(conn, self.watermark_name, mark)
-        self._watermark = mark
+            save_watermark(conn, self.watermark_name, mark, added)
+        if moved:
+            self._watermark = mark
+        if added is not None:
+            self._saved_added = added
 
     # --- catch-up -----------------------------------------------------------------------
 
@@ -383,41 +424,76 @@ class CdcBridge:
             return
         self._catchup_due = False
         self._catchup_floor = None
-        self._replay_due = False
+        if self._replay_due:
+            self._replay_due = False
+            if self._watermark is not None:
+                self._advance(self._watermark)  # saves the stream's new count
         self.metrics.catchup_rows.inc(bridged)
         log.info("catch-up from %s bridged %d rows", start.updated_at.isoformat(), bridged)
 
     def _replay_start(self) -> Watermark:
+        bound = datetime.now(UTC) - timedelta(hours=self.config.first_start_lookback_h)
         with self.pool.connection() as conn:
-            mark = oldest_consumer_mark(conn, self.watermark_name)
-        if mark is None:
-            return Watermark(
-                datetime.now(UTC) - timedelta(hours=self.config.first_start_lookback_h), 0
+            marks = consumer_marks(conn, self.watermark_name)
+        stale = [m.group for m in marks if m.saved_at < bound]
+        if stale:
+            log.warning(
+                "ignoring the mark of %s: not moved since before %s",
+                ", ".join(stale),
+                bound.isoformat(),
             )
+        live = [m for m in marks if m.saved_at >= bound]
+        if not live:
+            return Watermark(bound, 0)
+        oldest = live[0]
         # The mark passed rows that were committed; one whose transaction began before it
         # and committed after carries an older `updated_at`, as in any catch-up.
-        return Watermark(mark.updated_at - timedelta(seconds=self.config.catchup_overlap_s), 0)
+        start = oldest.position.updated_at - timedelta(seconds=self.config.catchup_overlap_s)
+        if start < bound:
+            log.warning(
+                "the %s group's mark (%s) is older than the first-start lookback: replaying"
+                " from %s only; its unfinished rows before then are not replayed",
+                oldest.group,
+                oldest.position.updated_at.isoformat(),
+                bound.isoformat(),
+            )
+            return Watermark(bound, 0)
+        return Watermark(start, 0)
 
     def _check_stream(self) -> None:
-        """Arrange a replay if `wx:cdc` lost entries since this bridge last looked."""
+        """Arrange a replay if `wx:cdc` added fewer entries than it had (it was lost)."""
         try:
             info = self.redis.xinfo_stream(CDC_STREAM)
-            added = int(info["entries-added"])
         except redis.ResponseError as err:
             if "no such key" not in str(err).lower():
                 raise
             added = 0
         except _REDIS_DOWN:
             return
-        if self._stream_added is None:
-            # This process's first look: an empty stream was lost if a watermark says rows
-            # were bridged into it, which the catch-up checks.
-            self._replay_due = added == 0
-        elif added < self._stream_added:
+        else:
+            if "entries-added" not in info:
+                raise RedisTooOld(
+                    f"Redis 7 or later is required (XINFO STREAM {CDC_STREAM} has no"
+                    f" entries-added); {redact_url(self.ctx.settings.redis_url)} is older"
+                )
+            added = int(info["entries-added"])
+        expected = self._stream_added
+        # With nothing saved, a first look can still tell a missing or empty stream; whether
+        # anything was bridged into it, the catch-up checks (a watermark).
+        if (expected is not None and added < expected) or (self._first_look and added == 0):
             self._replay_due = True
-        if self._replay_due:
             self._catchup_due = True
+        self._first_look = False
         self._stream_added = added
+
+    def _report_mark_age(self) -> None:
+        try:
+            with self.pool.connection() as conn:
+                age = oldest_mark_age_s(conn, self.schema, self.watermark_name)
+        except psycopg.Error as err:
+            log.warning("age of the oldest consumer mark unknown (%s)", err)
+            return
+        self.metrics.oldest_mark_age.set(age)
 
 
 def build(ctx: SidecarContext) -> CdcBridge:

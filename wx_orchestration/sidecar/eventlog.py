@@ -3,10 +3,12 @@
 End-to-end freshness (INSERT → terminal status) is measured from this log, so it records every
 row version once: the same version arriving live, by catch-up or by redelivery is one row.
 
-With each batch the sink also moves the group's mark (`wx_orchestration.cdc_consumer_marks`)
+After each batch the sink also moves the group's mark (`wx_orchestration.cdc_consumer_marks`)
 over the rows whose current version is now logged. Entries read but not yet written, and those
 not read yet, exist only in the stream; if Redis loses it, the bridge replays from this mark
-(`sidecar/bridge.py`), so the log still gets each of those rows as it is now.
+(`sidecar/bridge.py`), so the log still gets each of those rows as it is now. The mark is
+advisory: it moves in a transaction of its own once the batch has committed, and a failure to
+move it is logged and counted (`wx_eventlog_mark_errors`) but never holds the batch back.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from wx_orchestration.db.events import (
     Watermark,
     cdc_source,
     insert_flowsheet_events,
-    load_consumer_mark,
+    lock_consumer_mark,
     logged_through,
     save_consumer_mark,
 )
@@ -35,6 +37,9 @@ from wx_orchestration.sidecar.metrics import SidecarMetrics
 from wx_orchestration.sidecar.roles import SidecarContext
 
 log = logging.getLogger("wx_orchestration.sidecar.eventlog")
+
+# Enough for a few sidecars' sinks, each with a full batch, to be passed by one advance.
+_PAGES_PER_ADVANCE = 4
 
 
 @dataclass(frozen=True)
@@ -48,12 +53,22 @@ class CompletenessMark:
     page: int
 
     def advance(self, conn: psycopg.Connection) -> None:
+        """Move the mark over the rows logged since; skip if another sink is moving it."""
         source = cdc_source(self.schema)
-        mark = load_consumer_mark(conn, source, EVENTLOG_GROUP)
-        start = mark or Watermark(datetime.now(UTC) - self.lookback, 0)
-        through = logged_through(conn, self.schema, start, self.page) or start
-        if mark is None or through > mark:
-            save_consumer_mark(conn, source, EVENTLOG_GROUP, through)
+        start = Watermark(datetime.now(UTC) - self.lookback, 0)
+        held = lock_consumer_mark(conn, source, EVENTLOG_GROUP, start)
+        if held is None:
+            return
+        mark = held
+        # Sinks that found the mark held skipped it, leaving their batches for the next holder
+        # to pass: a page per batch alone would fall behind for as long as sinks collide.
+        for _ in range(_PAGES_PER_ADVANCE):
+            through = logged_through(conn, self.schema, mark, self.page)
+            if through is None or through <= mark:
+                break
+            mark = through
+        if mark > held:
+            save_consumer_mark(conn, source, EVENTLOG_GROUP, mark)
 
 
 def log_flowsheet_events(
@@ -66,15 +81,23 @@ def log_flowsheet_events(
 
     All of them once the batch's insert has committed — a duplicate is already logged, so it is
     done too; none if the insert fails (the exception leaves the batch pending for redelivery).
-    The mark (None: left alone, as the benchmark of the insert does) moves in the same
-    transaction, so it never claims a row the log does not hold.
+    The mark (None: left alone, as the benchmark of the insert does) moves afterwards, so it
+    never claims a row the log does not hold, and whether it moves changes nothing here.
     """
     with pool.connection() as conn:
         new = insert_flowsheet_events(conn, events)
-        if mark is not None:
-            mark.advance(conn)
     metrics.eventlog_written.inc(new)
     metrics.eventlog_duplicates.inc(len(events) - new)
+    if mark is not None:
+        try:
+            with pool.connection() as conn:
+                # The acknowledgement waits for the mark: a slow one gives up rather than slow
+                # the group, and the next batch tries again.
+                conn.execute("SET LOCAL statement_timeout = '2s'")
+                mark.advance(conn)
+        except psycopg.Error as err:
+            metrics.eventlog_mark_errors.inc()
+            log.warning("event-log mark not moved (%s: %s)", type(err).__name__, err)
     return [event.entry_id for event in events]
 
 

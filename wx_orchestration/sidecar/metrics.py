@@ -83,6 +83,17 @@ class SidecarMetrics:
         self.eventlog_duplicates = Counter(
             "wx_eventlog_duplicates", "Events already in flowsheet_events", registry=r
         )
+        self.eventlog_mark_errors = Counter(
+            "wx_eventlog_mark_errors",
+            "Batches logged whose mark (cdc_consumer_marks) could not be moved",
+            registry=r,
+        )
+        self.oldest_mark_age = Gauge(
+            "wx_cdc_oldest_mark_age_seconds",
+            "Age of the oldest row change a consumer mark has not passed (0: none behind);"
+            " set by the active bridge",
+            registry=r,
+        )
 
     def dead_letter_count(self) -> int:
         return int(

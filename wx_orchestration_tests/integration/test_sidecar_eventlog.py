@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from wx_orchestration.contracts.cdc import CDC_STREAM, EVENTLOG_GROUP, StreamEvent
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
-from wx_orchestration.db.events import cdc_source, load_consumer_mark, read_flowsheet_rows
+from wx_orchestration.db.events import cdc_source, consumer_marks, read_flowsheet_rows
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.eventlog import CompletenessMark, log_flowsheet_events
 from wx_orchestration.sidecar.metrics import SidecarMetrics
@@ -202,12 +202,70 @@ def test_the_mark_stops_at_the_first_row_not_logged(
 
     def marked() -> int:
         with connect(station_db) as conn:
-            mark_row = load_consumer_mark(conn, cdc_source(STATION_SCHEMA), EVENTLOG_GROUP)
-        assert mark_row is not None
-        return mark_row.flowsheet_id
+            (mark_row,) = consumer_marks(conn, cdc_source(STATION_SCHEMA))
+        assert mark_row.group == EVENTLOG_GROUP
+        return mark_row.position.flowsheet_id
 
     log(first)
     log(third)
     assert marked() == first  # `second` may still be on its way: the mark waits for it
     log(second)
     assert marked() == third
+
+
+def logged_row_event(client: redis.Redis, conn: psycopg.Connection) -> FlowsheetEvent:
+    """A fresh row's current version as the event log's consumer would receive it."""
+    (row_id,) = insert_tracks(conn, 1)
+    row = read_flowsheet_rows(conn, STATION_SCHEMA, [row_id])[row_id]
+    fields = StreamEvent("CATCHUP", row, None, 1, catchup=True).fields()
+    entry_id = client.xadd(CDC_STREAM, fields).decode()  # type: ignore[arg-type,union-attr]
+    event = decode_stream_entry(entry_id, fields)
+    assert isinstance(event, FlowsheetEvent)
+    return event
+
+
+def test_a_mark_that_cannot_move_never_holds_the_batch_back(
+    station_db: str, client: redis.Redis, pool: ConnectionPool
+) -> None:
+    mark = CompletenessMark(STATION_SCHEMA, timedelta(hours=24), page=100)
+    metrics = SidecarMetrics()
+    consumer = eventlog_consumer(client, pool, "c1", metrics)
+    consumer.sink = lambda events: log_flowsheet_events(pool, metrics, events, mark)
+    with connect(station_db) as conn:
+        # The sidecar deployed before the migration that adds the marks.
+        conn.execute("DROP TABLE wx_orchestration.cdc_consumer_marks")
+        event = logged_row_event(client, conn)
+        assert consumer.step() == 1
+        assert list(logged_keys(conn)) == [event.key]
+    assert client.xpending(CDC_STREAM, EVENTLOG_GROUP)["pending"] == 0
+    assert metrics.eventlog_mark_errors._value.get() == 1
+    assert metrics.consumer_errors.labels(EVENTLOG_GROUP)._value.get() == 0
+
+
+def test_a_mark_another_sink_is_moving_is_skipped_not_waited_for(
+    station_db: str, client: redis.Redis, pool: ConnectionPool
+) -> None:
+    mark = CompletenessMark(STATION_SCHEMA, timedelta(hours=24), page=100)
+    metrics = SidecarMetrics()
+    with connect(station_db) as conn, connect(station_db) as other_sink:
+        log_flowsheet_events(pool, metrics, [logged_row_event(client, conn)], mark)
+        (before,) = consumer_marks(conn, cdc_source(STATION_SCHEMA))
+        event = logged_row_event(client, conn)
+        with other_sink.transaction():
+            other_sink.execute(
+                "SELECT 1 FROM wx_orchestration.cdc_consumer_marks FOR UPDATE"
+            ).fetchall()
+            done = threading.Event()
+
+            def sink() -> None:
+                assert log_flowsheet_events(pool, metrics, [event], mark) == [event.entry_id]
+                done.set()
+
+            worker = threading.Thread(target=sink)
+            worker.start()
+            poll(done.is_set, what="the sink to return while the mark is held elsewhere")
+        worker.join(5)
+        assert event.key in logged_keys(conn)
+        # Skipped, not timed out waiting: the holder moves it (or the next batch does).
+        assert metrics.eventlog_mark_errors._value.get() == 0
+        assert consumer_marks(conn, cdc_source(STATION_SCHEMA)) == [before]
