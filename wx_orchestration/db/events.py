@@ -237,31 +237,35 @@ def logged_through(
     left to replay.
     """
     # A lateral probe per row: as an EXISTS the planner may hash the whole event log instead.
+    # The answer is one row: handing the whole page to Python cost 3-4x the query itself.
     query = sql.SQL(
         """
-        SELECT f.updated_at, f.id, logged.yes IS NOT NULL
-        FROM {}.flowsheet AS f
-        LEFT JOIN LATERAL (
-            SELECT true AS yes
-            FROM wx_orchestration.flowsheet_events AS e
-            WHERE e.flowsheet_id = f.id
-              AND e.updated_at = f.updated_at
-              AND e.metadata_status = f.metadata_status::text
-            LIMIT 1
-        ) AS logged ON true
-        WHERE (f.updated_at, f.id) > (%s, %s)
-        ORDER BY f.updated_at, f.id
-        LIMIT %s
+        WITH page AS MATERIALIZED (
+            SELECT f.updated_at, f.id, logged.yes IS NOT NULL AS logged
+            FROM {}.flowsheet AS f
+            LEFT JOIN LATERAL (
+                SELECT true AS yes
+                FROM wx_orchestration.flowsheet_events AS e
+                WHERE e.flowsheet_id = f.id
+                  AND e.updated_at = f.updated_at
+                  AND e.metadata_status = f.metadata_status::text
+                LIMIT 1
+            ) AS logged ON true
+            WHERE (f.updated_at, f.id) > (%s, %s)
+            ORDER BY f.updated_at, f.id
+            LIMIT %s
+        ), gap AS (
+            SELECT updated_at, id FROM page WHERE NOT logged ORDER BY updated_at, id LIMIT 1
+        )
+        SELECT p.updated_at, p.id
+        FROM page AS p
+        WHERE NOT EXISTS (SELECT 1 FROM gap WHERE (gap.updated_at, gap.id) <= (p.updated_at, p.id))
+        ORDER BY p.updated_at DESC, p.id DESC
+        LIMIT 1
         """
     ).format(sql.Identifier(schema))
-    through = None
-    for updated_at, row_id, logged in conn.execute(
-        query, (after.updated_at, after.flowsheet_id, limit)
-    ):
-        if not logged:
-            break
-        through = Watermark(updated_at, row_id)
-    return through
+    row = conn.execute(query, (after.updated_at, after.flowsheet_id, limit)).fetchone()
+    return None if row is None else Watermark(row[0], row[1])
 
 
 def scan_changed_rows(
