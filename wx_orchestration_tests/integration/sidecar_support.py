@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from psycopg import sql
 from wx_orchestration.contracts.cdc import CDC_STREAM
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry, event_key
 from wx_orchestration.settings import Settings
-from wx_orchestration.sidecar.roles import SidecarConfig
+from wx_orchestration.sidecar.roles import Role, SidecarConfig
 from wx_orchestration.sidecar.runtime import Sidecar
 from wx_orchestration_tests.servers import STATION_SCHEMA
 
@@ -77,6 +78,31 @@ def wait_listening(sidecar: Sidecar) -> None:
     """Until the bridge leads and its LISTEN connection has echoed a ping."""
     (bridge,) = [role for role in sidecar.roles if role.name == "bridge"]
     poll(lambda: bridge.readiness() == (True, "leader, listening"), what="the bridge to listen")
+
+
+@contextmanager
+def listening_bridge(
+    database_url: str, redis_url: str, config: SidecarConfig = FAST
+) -> Iterator[Sidecar]:
+    """A sidecar with the bridge alone, once it leads and listens."""
+    with running_sidecar(database_url, redis_url, ("bridge",), config) as sidecar:
+        wait_listening(sidecar)
+        yield sidecar
+
+
+@contextmanager
+def running_role(role: Role) -> Iterator[None]:
+    """One role in a thread for the block, apart from a whole sidecar; stopped (work in hand
+    finished) after."""
+    stop = threading.Event()
+    worker = threading.Thread(target=role.run, args=(stop,))
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
 
 
 def connect(database_url: str) -> psycopg.Connection:

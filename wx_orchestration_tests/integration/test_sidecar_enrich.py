@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +35,12 @@ from wx_orchestration.sidecar.enrich import EnrichRole
 from wx_orchestration.sidecar.metrics import SidecarMetrics
 from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
 from wx_orchestration.sidecar.runtime import Sidecar
-from wx_orchestration_tests.integration.sidecar_support import FAST, poll, wait_listening
+from wx_orchestration_tests.integration.sidecar_support import (
+    FAST,
+    poll,
+    running_role,
+    wait_listening,
+)
 from wx_orchestration_tests.servers import STATION_SCHEMA
 
 TERMINAL = ("enriched_match", "enriched_no_match")
@@ -92,20 +96,6 @@ def make_role(
     for role in roles:
         role.lml_client.close()
     close_shared_pools()
-
-
-@contextmanager
-def running(role: EnrichRole) -> Iterator[None]:
-    """The role's consumers in a thread for the block; stopped (batch in hand finished) after."""
-    stop = threading.Event()
-    worker = threading.Thread(target=role.run, args=(stop,))
-    worker.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        worker.join(10)
-    assert not worker.is_alive()
 
 
 def add_play(
@@ -324,7 +314,7 @@ def test_under_budget_pressure_plays_wait_and_share_calls_none_is_shed(
     lml_emulator: EmulatorHandle,
 ) -> None:
     role = make_role(rate=1)
-    with running(role):
+    with running_role(role):
         rows = []
         for n in range(20):
             rows.append(add_play(conn, f"Artist {n}", f"Album {n}", None))
@@ -383,7 +373,7 @@ def test_a_claim_is_never_held_past_the_budget_wait_limit(
     client.set(LmlBudget.keys("lookup")["open"], "1", px=120_000)
     row = add_play(conn, "Stereolab")
     bridge(client, row)
-    with running(role):
+    with running_role(role):
         poll(lambda: outcomes(role)["error"] == 1, what="the claim to be given back")
     assert calls_sent(lml_emulator) == 0
     assert status(conn, row["id"]) == "pending"  # back to work for the backlog
@@ -413,7 +403,7 @@ def test_the_fast_path_and_the_backlog_racing_finalize_each_row_once(
     for row in rows:
         bridge(client, row)
     role = make_role()
-    with running(role):
+    with running_role(role):
         with LmlClient(lml_emulator.url, total_timeout=10, max_retries=0) as lml:
             backlog = drain_backlog(
                 conn,
@@ -459,7 +449,7 @@ def test_a_consumer_killed_mid_batch_leaves_each_row_finalized_once(
     before = versions(conn, ids)
     assert [before[i][0] for i in ids].count("pending") == 20
 
-    with running(survivor):
+    with running_role(survivor):
         poll(lambda: unacked(client) == 0, what="the redelivered entries to be acknowledged")
 
     after = versions(conn, ids)

@@ -8,7 +8,6 @@ but from no further back than the first-start lookback, whatever the marks say.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -32,8 +31,10 @@ from wx_orchestration_tests.integration.sidecar_support import (
     connect,
     current_keys,
     insert_tracks,
+    listening_bridge,
     logged_keys,
     poll,
+    running_role,
     running_sidecar,
     settings_for,
     stream_events,
@@ -60,16 +61,8 @@ def running_eventlog(database_url: str, redis_url: str) -> Iterator[None]:
     ctx = SidecarContext(
         settings_for(database_url, redis_url), NO_OVERLAP, "test-eventlog", SidecarMetrics()
     )
-    role = EventLogRole(ctx)
-    stop = threading.Event()
-    thread = threading.Thread(target=role.run, args=(stop,))
-    thread.start()
-    try:
+    with running_role(EventLogRole(ctx)):
         yield
-    finally:
-        stop.set()
-        thread.join(10)
-        assert not thread.is_alive()
 
 
 def one_by_one(conn: psycopg.Connection, count: int) -> list[int]:
@@ -148,11 +141,7 @@ def test_entries_the_event_log_had_not_finished_survive_a_restart(
     station_db: str, valkey: EmbeddedValkey
 ) -> None:
     url = valkey.url
-    with (
-        running_sidecar(station_db, url, ("bridge",), NO_OVERLAP) as sidecar,
-        connect(station_db) as conn,
-    ):
-        wait_listening(sidecar)
+    with listening_bridge(station_db, url, NO_OVERLAP), connect(station_db) as conn:
         leave_entries_unfinished(conn, station_db, url)
         valkey.stop()
         valkey.start()
@@ -163,10 +152,9 @@ def test_entries_the_event_log_had_not_finished_survive_a_deleted_stream(
     station_db: str, redis_url: str
 ) -> None:
     with (
-        running_sidecar(station_db, redis_url, ("bridge",), NO_OVERLAP) as sidecar,
+        listening_bridge(station_db, redis_url, NO_OVERLAP),
         connect(station_db) as conn,
     ):
-        wait_listening(sidecar)
         leave_entries_unfinished(conn, station_db, redis_url)
         redis.Redis.from_url(redis_url).delete(CDC_STREAM)  # same Redis run, no restart
         assert_every_version_logged(conn, station_db, redis_url)
@@ -174,21 +162,18 @@ def test_entries_the_event_log_had_not_finished_survive_a_deleted_stream(
 
 def test_a_bridge_starting_on_an_emptied_redis_replays(station_db: str, redis_url: str) -> None:
     with connect(station_db) as conn:
-        with running_sidecar(station_db, redis_url, ("bridge",), NO_OVERLAP) as sidecar:
-            wait_listening(sidecar)
+        with listening_bridge(station_db, redis_url, NO_OVERLAP):
             leave_entries_unfinished(conn, station_db, redis_url)
         # Redis and the sidecar restarted together: no bridge saw the stream go.
         redis.Redis.from_url(redis_url).flushdb()
-        with running_sidecar(station_db, redis_url, ("bridge",), NO_OVERLAP) as sidecar:
-            wait_listening(sidecar)
+        with listening_bridge(station_db, redis_url, NO_OVERLAP):
             assert_every_version_logged(conn, station_db, redis_url)
 
 
 def test_a_bridge_starting_on_an_older_snapshot_replays(station_db: str, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     with connect(station_db) as conn:
-        with running_sidecar(station_db, redis_url, ("bridge",), NO_OVERLAP) as sidecar:
-            wait_listening(sidecar)
+        with listening_bridge(station_db, redis_url, NO_OVERLAP):
             leave_entries_unfinished(conn, station_db, redis_url)
         # Redis came back from a snapshot taken after the first two entries, and the sidecar
         # restarted with it: the stream is not empty, just shorter than it was.
@@ -196,8 +181,7 @@ def test_a_bridge_starting_on_an_older_snapshot_replays(station_db: str, redis_u
         client.delete(CDC_STREAM)
         for _, fields in older:
             client.xadd(CDC_STREAM, fields)  # type: ignore[arg-type]
-        with running_sidecar(station_db, redis_url, ("bridge",), NO_OVERLAP) as sidecar:
-            wait_listening(sidecar)
+        with listening_bridge(station_db, redis_url, NO_OVERLAP):
             assert_every_version_logged(conn, station_db, redis_url)
 
 
@@ -252,10 +236,9 @@ def test_a_replay_reaches_back_no_further_than_the_lookback(
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     with (
-        running_sidecar(station_db, redis_url, ("bridge",), NO_OVERLAP) as sidecar,
+        listening_bridge(station_db, redis_url, NO_OVERLAP) as sidecar,
         connect(station_db) as conn,
     ):
-        wait_listening(sidecar)
         # The event log is stuck before a row whose current version it will never get.
         stuck_on = quietly_changed_row(conn, days_ago=3)
         set_mark(conn, EVENTLOG_GROUP, (datetime.now(UTC) - timedelta(days=4), 0))
@@ -280,10 +263,9 @@ def test_a_mark_that_has_not_moved_within_the_lookback_is_ignored(
 ) -> None:
     client = redis.Redis.from_url(redis_url)
     with (
-        running_sidecar(station_db, redis_url, ("bridge",), NO_OVERLAP) as sidecar,
+        listening_bridge(station_db, redis_url, NO_OVERLAP),
         connect(station_db) as conn,
     ):
-        wait_listening(sidecar)
         logged_before, marked, unfinished = one_by_one(conn, 3)
         poll(lambda: bridged(client, [unfinished]), what="rows on the stream")
         set_mark(conn, EVENTLOG_GROUP, position(conn, marked))
