@@ -31,6 +31,8 @@ TriggerAction = Literal["INSERT", "UPDATE", "DELETE"]
 StreamAction = Literal["INSERT", "UPDATE", "DELETE", "CATCHUP"]
 TRIGGER_ACTIONS: tuple[TriggerAction, ...] = ("INSERT", "UPDATE", "DELETE")
 STREAM_ACTIONS: tuple[StreamAction, ...] = ("INSERT", "UPDATE", "DELETE", "CATCHUP")
+# `flowsheet.id` is a serial (int4).
+_MAX_INT4 = 2**31 - 1
 
 
 class NotificationError(ValueError):
@@ -89,6 +91,13 @@ class CdcNotification:
             _str(body, "table"), _str(body, "schema"), _action(body), data, _timestamp_ms(body)
         )
 
+    def row_id(self) -> int:
+        """The changed row's id, which is all the bridge takes from `data`."""
+        value = self.data.get("id")
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_INT4:
+            return value
+        raise NotificationError(f"'data.id' is not a row id: {str(value)[:40]!r}")
+
 
 @dataclass(frozen=True)
 class CdcOversized:
@@ -119,9 +128,12 @@ class CdcOversized:
 
     def row_id(self) -> int | None:
         """The key as a flowsheet id, or None when the trigger could not give one."""
-        if self.primary_key is None or not self.primary_key.isdecimal():
+        if self.primary_key is None or not self.primary_key.isascii():
             return None
-        return int(self.primary_key)
+        if not self.primary_key.isdecimal():
+            return None
+        value = int(self.primary_key)
+        return value if 0 < value <= _MAX_INT4 else None
 
 
 @dataclass(frozen=True)

@@ -268,25 +268,38 @@ def logged_through(
     return None if row is None else Watermark(row[0], row[1])
 
 
-def scan_changed_rows(
-    conn: psycopg.Connection, schema: str, after: Watermark, limit: int
-) -> list[tuple[Watermark, dict[str, Any]]]:
-    """Flowsheet rows past `after` in (`updated_at`, `id`) order, as `to_jsonb` renders them.
+def open_changed_rows(
+    conn: psycopg.Connection, schema: str, after: Watermark
+) -> psycopg.ServerCursor:
+    """A server-side cursor over flowsheet rows past `after` in (`updated_at`, `id`) order.
 
-    The row-value comparison and ORDER BY match the `(updated_at, id)` index, so each page is
-    an index range scan however large the table is.
+    Production indexes `updated_at` alone (DESC), and one bulk UPDATE gives thousands of rows
+    the same `updated_at`: a keyset page over (`updated_at`, `id`) would sort that whole tie block
+    again for every page (100,000 tied rows took 96 s). One cursor walks the index once and sorts
+    each tie block once (an incremental sort), however the rows are paged out of it. The row
+    comparison is only a filter; `updated_at >=` is what reaches the index. The cursor needs the
+    connection's transaction: the caller keeps `conn` to itself until the scan is done.
     """
     query = sql.SQL(
         """
         SELECT f.updated_at, f.id, to_jsonb(f)
         FROM {}.flowsheet AS f
-        WHERE (f.updated_at, f.id) > (%s, %s)
+        WHERE f.updated_at >= %s AND (f.updated_at, f.id) > (%s, %s)
         ORDER BY f.updated_at, f.id
-        LIMIT %s
         """
     ).format(sql.Identifier(schema))
-    rows = conn.execute(query, (after.updated_at, after.flowsheet_id, limit)).fetchall()
-    return [(Watermark(updated_at, row_id), image) for updated_at, row_id, image in rows]
+    cursor = conn.cursor(name="wx_cdc_catch_up")
+    cursor.execute(query, (after.updated_at, after.updated_at, after.flowsheet_id))
+    return cursor
+
+
+def fetch_changed_rows(
+    cursor: psycopg.ServerCursor, limit: int
+) -> list[tuple[Watermark, dict[str, Any]]]:
+    return [
+        (Watermark(updated_at, row_id), image)
+        for updated_at, row_id, image in cursor.fetchmany(limit)
+    ]
 
 
 def read_flowsheet_rows(

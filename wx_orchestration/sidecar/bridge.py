@@ -57,19 +57,22 @@ from wx_orchestration.contracts.cdc import (
     NotificationError,
     StreamEvent,
 )
+from wx_orchestration.core.change_hints import ChangeHint, events_from_hints, hinted_row_ids
 from wx_orchestration.core.events import row_cursor
+from wx_orchestration.core.outage import Outage
 from wx_orchestration.db.events import (
     DeadLetter,
     Watermark,
     cdc_source,
     consumer_marks,
+    fetch_changed_rows,
     insert_dead_letters,
     load_stream_entries_added,
     load_watermark,
     oldest_mark_age_s,
+    open_changed_rows,
     read_flowsheet_rows,
     save_watermark,
-    scan_changed_rows,
 )
 from wx_orchestration.settings import redact_url
 from wx_orchestration.sidecar.roles import SidecarContext
@@ -94,6 +97,34 @@ class RedisTooOld(Exception):
     """XINFO STREAM has no `entries-added` (Redis < 7), so a lost stream cannot be told."""
 
 
+class _CatchUpScan:
+    """One catch-up in progress: a cursor over the rows changed since `start`, on a connection
+    of its own, read a page at a time between rounds of live notifications."""
+
+    def __init__(self, url: str, schema: str, start: Watermark, replay: bool) -> None:
+        self.start = start
+        self.replay = replay
+        # Every row of the scan up to here has been written to the stream.
+        self.position = start
+        self.bridged = 0
+        self.conn = psycopg.connect(url, application_name="wx-sidecar bridge catch-up")
+        try:
+            self.conn.execute("SET TRANSACTION READ ONLY")
+            self.cursor = open_changed_rows(self.conn, schema, start)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def fetch(self, limit: int) -> list[tuple[Watermark, dict]]:
+        return fetch_changed_rows(self.cursor, limit)
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except psycopg.Error as err:  # closing a broken connection
+            log.debug("closing the catch-up connection: %s", err)
+
+
 class CdcBridge:
     name = "bridge"
 
@@ -111,9 +142,13 @@ class CdcBridge:
         self.ping_channel = f"wx_bridge_ping_{uuid.uuid4().hex[:16]}"
         self.listen_alive = False
         self._watermark: Watermark | None = None
+        # The newest row position written to the stream, live or by catch-up.
+        self._newest: Watermark | None = None
         self._catchup_due = True
-        # Lowest row position a failed XADD left unbridged; the next catch-up starts there.
+        # Lowest row position a failed XADD (or an abandoned scan) left unbridged; the next
+        # catch-up starts there, and the watermark is not saved past it.
         self._catchup_floor: Watermark | None = None
+        self._scan: _CatchUpScan | None = None
         # What `entries-added` of the stream should be at least: as saved with the watermark or
         # last seen, plus our XADDs (None: not known yet).
         self._stream_added: int | None = None
@@ -127,14 +162,22 @@ class CdcBridge:
     # --- lifecycle ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        outage = Outage()
         while not stop.is_set():
             try:
-                with self._leadership(stop) as lock_conn:
+                with self._leadership(stop, outage) as lock_conn:
                     if lock_conn is not None:
-                        self._lead(lock_conn, stop)
+                        self._lead(lock_conn, stop, outage)
             except (psycopg.OperationalError, LostLeadership) as err:
-                log.warning("bridge lost its database session (%s); starting over", err)
-                stop.wait(1.0)
+                delay, first = outage.failed(time.monotonic())
+                if first:
+                    log.warning(
+                        "bridge lost its database session (%s); retrying with backoff (up to"
+                        " %.0f s) until it is back",
+                        err,
+                        outage.cap_s,
+                    )
+                stop.wait(delay)
             except RedisTooOld as err:
                 log.error("bridge stopped: %s", err)
                 return
@@ -146,6 +189,7 @@ class CdcBridge:
                 )
                 return
             finally:
+                self._abandon_scan()
                 self._set_state("off")
                 self.listen_alive = False
                 self.metrics.listen_alive.set(0)
@@ -164,12 +208,20 @@ class CdcBridge:
         self.ctx.bridge_state = state
         self.metrics.bridge_leader.set(1 if state == "leader" else 0)
 
+    def _recovered(self, outage: Outage, what: str) -> None:
+        lasted = outage.recovered(time.monotonic())
+        if lasted is not None:
+            log.info("%s is back after %.1f s", what, lasted)
+
     @contextmanager
-    def _leadership(self, stop: threading.Event) -> Iterator[psycopg.Connection | None]:
+    def _leadership(
+        self, stop: threading.Event, outage: Outage
+    ) -> Iterator[psycopg.Connection | None]:
         """Wait as a standby until this process holds the bridge lock (None: stopping)."""
         with psycopg.connect(
             self.url, autocommit=True, application_name="wx-sidecar bridge lock"
         ) as conn:
+            self._recovered(outage, "the bridge's database session")
             self._set_state("standby")
             while not stop.is_set():
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_key,)).fetchone()
@@ -187,7 +239,7 @@ class CdcBridge:
                 stop.wait(self.config.standby_poll_s)
             yield None
 
-    def _lead(self, lock_conn: psycopg.Connection, stop: threading.Event) -> None:
+    def _lead(self, lock_conn: psycopg.Connection, stop: threading.Event, outage: Outage) -> None:
         connected_before = False
         while not stop.is_set():
             try:
@@ -196,25 +248,38 @@ class CdcBridge:
                 ) as listen:
                     for channel in (*CDC_CHANNELS, self.ping_channel):
                         listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    self._recovered(outage, "the LISTEN connection")
                     if connected_before:
                         self.metrics.reconnects.labels("reconnect").inc()
                     connected_before = True
-                    # LISTEN is in place before the scan, so nothing falls between the two.
+                    # LISTEN is in place before the scan, so nothing falls between the two; a
+                    # scan begun before this connection could have missed what fell between.
+                    self._abandon_scan()
                     self._catchup_due = True
                     self._listen(listen, lock_conn, stop)
             except psycopg.OperationalError as err:
                 if lock_conn.closed or lock_conn.broken:
                     raise LostLeadership(str(err)) from err
-                log.warning("LISTEN connection lost (%s); reconnecting", err)
                 self.listen_alive = False
                 self.metrics.listen_alive.set(0)
                 self.metrics.reconnects.labels("connection_lost").inc()
-                stop.wait(0.1)
+                delay, first = outage.failed(time.monotonic())
+                if first:
+                    log.warning(
+                        "LISTEN connection lost (%s); reconnecting with backoff (up to %.0f s)",
+                        err,
+                        outage.cap_s,
+                    )
+                stop.wait(delay)
 
     def _listen(
         self, listen: psycopg.Connection, lock_conn: psycopg.Connection, stop: threading.Event
     ) -> None:
-        """Bridge notifications until stopped or until the connection stops echoing pings."""
+        """Bridge notifications until stopped or until the connection stops echoing pings.
+
+        A catch-up runs a page at a time between rounds of notifications, so live changes keep
+        reaching the stream however long the catch-up is.
+        """
         next_ping = 0.0
         ping_sent_at: float | None = None
         while not stop.is_set():
@@ -233,9 +298,12 @@ class CdcBridge:
                 log.warning("LISTEN connection did not echo a ping in time; reconnecting")
                 self.metrics.reconnects.labels("echo_timeout").inc()
                 return
-            if self._catchup_due:
-                self._catch_up(stop)
-            notes = list(listen.notifies(timeout=_POLL_S, stop_after=1))
+            if self._catchup_due and self._scan is None:
+                self._start_catch_up()
+            if self._scan is not None:
+                self._catch_up_page(stop)
+            wait = 0 if self._scan is not None else _POLL_S
+            notes = list(listen.notifies(timeout=wait, stop_after=1))
             if notes:
                 notes += listen.notifies(timeout=0, stop_after=self.config.catchup_page)
             if any(n.channel == self.ping_channel for n in notes):
@@ -247,38 +315,61 @@ class CdcBridge:
     # --- notifications → stream -----------------------------------------------------------
 
     def _bridge_notifications(self, notes: Sequence[psycopg.Notify]) -> None:
-        events: list[StreamEvent] = []
+        """Read the notified rows by id and publish them as the table holds them."""
+        hints: list[ChangeHint] = []
         letters: list[DeadLetter] = []
-        oversized: list[CdcOversized] = []
-        now_ms = _now_ms()
         for note in notes:
             try:
-                if note.channel == CDC_CHANNEL:
-                    change = CdcNotification.parse(note.payload)
-                    # NOTIFY reaches every schema of the database: only ours is bridged.
-                    if change.table == FLOWSHEET_TABLE and change.schema == self.schema:
-                        events.append(
-                            StreamEvent(change.action, change.data, change.timestamp_ms, now_ms)
-                        )
-                    else:
-                        self.metrics.notifications_ignored.inc()
-                elif note.channel == CDC_OVERSIZED_CHANNEL:
-                    pointer = CdcOversized.parse(note.payload)
-                    if pointer.table == FLOWSHEET_TABLE and pointer.schema == self.schema:
-                        oversized.append(pointer)
-                    else:
-                        self.metrics.notifications_ignored.inc()
-                elif note.channel == CDC_ERROR_CHANNEL:
-                    letters.append(self._cdc_error(note.payload))
+                hint = self._hint(note)
             except NotificationError as err:
                 letters.append(DeadLetter(f"notify/{note.channel}", None, note.payload, str(err)))
-        events += self._complete_oversized(oversized, now_ms)
+                continue
+            if isinstance(hint, DeadLetter):
+                letters.append(hint)
+            elif hint is not None:
+                hints.append(hint)
         if letters:
             with self.pool.connection() as conn:
                 insert_dead_letters(conn, letters)
             for letter in letters:
                 self.metrics.dead_letters.labels(letter.source).inc()
-        self._publish(events)
+        if not hints:
+            return
+        with self.pool.connection() as conn:
+            rows = read_flowsheet_rows(conn, self.schema, hinted_row_ids(hints))
+        planned = events_from_hints(hints, rows, _now_ms())
+        if planned.contradicted:
+            self.metrics.notifications_ignored.inc(planned.contradicted)
+            log.warning(
+                "%d DELETE notification(s) for rows that exist were not bridged (not sent by the"
+                " trigger)",
+                planned.contradicted,
+            )
+        self._publish(planned.events)
+
+    def _hint(self, note: psycopg.Notify) -> ChangeHint | DeadLetter | None:
+        """What a notification says changed: a row of our flowsheet, a dead letter, or None."""
+        if note.channel == CDC_CHANNEL:
+            change = CdcNotification.parse(note.payload)
+            # NOTIFY reaches every schema of the database: only ours is bridged.
+            if change.table != FLOWSHEET_TABLE or change.schema != self.schema:
+                self.metrics.notifications_ignored.inc()
+                return None
+            return ChangeHint(change.row_id(), change.action, change.timestamp_ms)
+        if note.channel == CDC_OVERSIZED_CHANNEL:
+            pointer = CdcOversized.parse(note.payload)
+            if pointer.table != FLOWSHEET_TABLE or pointer.schema != self.schema:
+                self.metrics.notifications_ignored.inc()
+                return None
+            row_id = pointer.row_id()
+            if row_id is None:
+                log.warning("oversized %s without a key; catching up instead", pointer.action)
+                self._catchup_due = True
+                return None
+            return ChangeHint(row_id, pointer.action, pointer.timestamp_ms)
+        if note.channel == CDC_ERROR_CHANNEL:
+            return self._cdc_error(note.payload)
+        return None
 
     def _cdc_error(self, payload: str) -> DeadLetter:
         error = CdcError.parse(payload)
@@ -288,31 +379,6 @@ class CdcBridge:
             # The change committed without a notification; the scan will find the row.
             self._catchup_due = True
         return DeadLetter(f"notify/{CDC_ERROR_CHANNEL}", None, payload, error.describe())
-
-    def _complete_oversized(
-        self, pointers: Sequence[CdcOversized], now_ms: int
-    ) -> list[StreamEvent]:
-        """Too big to notify: re-read the row; a DELETE has nothing left to read but its id."""
-        events: list[StreamEvent] = []
-        to_read: dict[int, CdcOversized] = {}
-        for pointer in pointers:
-            row_id = pointer.row_id()
-            if row_id is None:
-                log.warning("oversized %s without a key; catching up instead", pointer.action)
-                self._catchup_due = True
-            elif pointer.action == "DELETE":
-                events.append(StreamEvent("DELETE", {"id": row_id}, pointer.timestamp_ms, now_ms))
-            else:
-                to_read[row_id] = pointer
-        if to_read:
-            with self.pool.connection() as conn:
-                rows = read_flowsheet_rows(conn, self.schema, list(to_read))
-            # A row gone since was deleted: its own DELETE notification follows.
-            events += [
-                StreamEvent(to_read[row_id].action, row, to_read[row_id].timestamp_ms, now_ms)
-                for row_id, row in rows.items()
-            ]
-        return events
 
     def _publish(self, events: Sequence[StreamEvent]) -> bool:
         """XADD the events, then move the watermark; on a Redis failure, arrange a catch-up."""
@@ -335,17 +401,18 @@ class CdcBridge:
             self._stream_added += len(events)
         for event in events:
             self.metrics.events_bridged.labels(event.action).inc()
-        cursors = [c for c in (row_cursor(e.row) for e in events) if c is not None]
+        cursors = [Watermark(*c) for c in (row_cursor(e.row) for e in events) if c is not None]
         if cursors:
-            self._advance(Watermark(*max(cursors)))
+            newest = max(cursors)
+            if self._newest is None or newest > self._newest:
+                self._newest = newest
+            self._advance(newest)
         return True
 
     def _unbridged(self, events: Sequence[StreamEvent], err: Exception) -> None:
         cursors = [Watermark(*c) for c in (row_cursor(e.row) for e in events) if c is not None]
         if cursors:
-            lowest = min(cursors)
-            floor = self._catchup_floor
-            self._catchup_floor = lowest if floor is None else min(floor, lowest)
+            self._lower_floor(min(cursors))
         self._catchup_due = True
         # A scan cannot find a deleted row again, so such a loss is at least on record.
         deletes = [e for e in events if e.action == "DELETE"]
@@ -366,15 +433,23 @@ class CdcBridge:
                 )
             self.metrics.dead_letters.labels(CDC_STREAM).inc(len(deletes))
 
+    def _lower_floor(self, position: Watermark) -> None:
+        floor = self._catchup_floor
+        self._catchup_floor = position if floor is None else min(floor, position)
+
     def _advance(self, mark: Watermark) -> None:
+        # Rows from the floor on, and rows a running scan has not reached, are not bridged
+        # yet: a watermark saved past them would let the next leader's catch-up skip them if
+        # this process stops first.
         if self._catchup_floor is not None:
-            # Rows from the floor on were not bridged yet: a watermark saved past them would
-            # let the next leader's catch-up skip them if this process stops first.
             mark = min(mark, self._catchup_floor)
+        if self._scan is not None:
+            mark = min(mark, self._scan.position)
         moved = self._watermark is None or mark > self._watermark
         # Until the replay is done, the higher count stays saved: should this process stop
         # first, the next leader sees the loss as well.
-        added = None if self._replay_due else self._stream_added
+        replaying = self._replay_due or (self._scan is not None and self._scan.replay)
+        added = None if replaying else self._stream_added
         if not moved and added in (None, self._saved_added):
             return
         with self.pool.connection() as conn:
@@ -386,20 +461,31 @@ class CdcBridge:
 
     # --- catch-up -----------------------------------------------------------------------
 
-    def _catch_up(self, stop: threading.Event) -> None:
+    def _start_catch_up(self) -> None:
         with self.pool.connection() as conn:
             saved = load_watermark(conn, self.watermark_name)
-        if saved is not None and (self._watermark is None or saved > self._watermark):
-            self._watermark = saved
-        if saved is None:
-            lookback = timedelta(hours=self.config.first_start_lookback_h)
+            db_now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+        lookback = timedelta(hours=self.config.first_start_lookback_h)
+        if saved is not None and saved.updated_at > db_now:
+            # Saved by a version that trusted a notification's text; nothing real is that new.
+            log.warning(
+                "the saved CDC watermark (%s) is ahead of the database clock; catching up over"
+                " the first-start lookback instead",
+                saved.updated_at.isoformat(),
+            )
+            saved = None
+            start = Watermark(db_now - lookback, 0)
+        elif saved is None:
             start = Watermark(datetime.now(UTC) - lookback, 0)
         else:
+            if self._watermark is None or saved > self._watermark:
+                self._watermark = saved
             overlap = timedelta(seconds=self.config.catchup_overlap_s)
             start = Watermark(saved.updated_at - overlap, 0)
         if self._catchup_floor is not None and self._catchup_floor < start:
             start = Watermark(self._catchup_floor.updated_at, self._catchup_floor.flowsheet_id - 1)
-        if self._replay_due and saved is not None:
+        replay = self._replay_due and saved is not None
+        if replay:
             start = min(start, self._replay_start())
             log.warning(
                 "%s lost entries (redis restarted empty, or the stream was deleted); replaying"
@@ -407,29 +493,49 @@ class CdcBridge:
                 CDC_STREAM,
                 start.updated_at.isoformat(),
             )
-        cursor, bridged = start, 0
-        while not stop.is_set():
-            with self.pool.connection() as conn:
-                page = scan_changed_rows(conn, self.schema, cursor, self.config.catchup_page)
-            now_ms = _now_ms()
-            events = [StreamEvent("CATCHUP", row, None, now_ms, catchup=True) for _, row in page]
-            if not self._publish(events):
-                stop.wait(1.0)  # Redis is down; the next attempt starts over from the floor
-                return
-            bridged += len(page)
-            if len(page) < self.config.catchup_page:
-                break
-            cursor = page[-1][0]
-        if stop.is_set():
-            return
+        self._scan = _CatchUpScan(self.url, self.schema, start, replay=self._replay_due)
+        # What a scan starting now misses (a cdc_error, a reconnect) asks for another one.
         self._catchup_due = False
+        self._replay_due = False
         self._catchup_floor = None
-        if self._replay_due:
-            self._replay_due = False
-            if self._watermark is not None:
-                self._advance(self._watermark)  # saves the stream's new count
-        self.metrics.catchup_rows.inc(bridged)
-        log.info("catch-up from %s bridged %d rows", start.updated_at.isoformat(), bridged)
+
+    def _catch_up_page(self, stop: threading.Event) -> None:
+        scan = self._scan
+        assert scan is not None
+        page = scan.fetch(self.config.catchup_page)
+        now_ms = _now_ms()
+        events = [StreamEvent("CATCHUP", row, None, now_ms, catchup=True) for _, row in page]
+        if not self._publish(events):
+            self._abandon_scan()
+            stop.wait(1.0)  # Redis is down; the next attempt starts over from the floor
+            return
+        scan.bridged += len(page)
+        if page:
+            scan.position = page[-1][0]
+        if len(page) == self.config.catchup_page:
+            return
+        self._scan = None
+        scan.close()
+        self.metrics.catchup_rows.inc(scan.bridged)
+        log.info(
+            "catch-up from %s bridged %d rows", scan.start.updated_at.isoformat(), scan.bridged
+        )
+        # The watermark held back while the scan ran catches up with what was published live.
+        newest = self._newest
+        if newest is not None:
+            self._advance(newest)
+        elif scan.replay and self._watermark is not None:
+            self._advance(self._watermark)  # saves the stream's new count
+
+    def _abandon_scan(self) -> None:
+        """Stop a running scan; the next one starts where it had got to."""
+        scan, self._scan = self._scan, None
+        if scan is None:
+            return
+        scan.close()
+        self._lower_floor(Watermark(scan.position.updated_at, scan.position.flowsheet_id + 1))
+        self._catchup_due = True
+        self._replay_due = self._replay_due or scan.replay
 
     def _replay_start(self) -> Watermark:
         bound = datetime.now(UTC) - timedelta(hours=self.config.first_start_lookback_h)
