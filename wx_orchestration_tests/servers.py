@@ -1,7 +1,8 @@
 """Session servers for the tests: embedded PostgreSQL and Valkey, or the ones the env names.
 
 `DATABASE_URL` / `REDIS_URL`, when set, point the suite at existing servers (the role must be
-allowed to CREATE DATABASE). Otherwise the same code as `wx up` starts embedded servers.
+allowed to CREATE DATABASE). Otherwise the same code as `wx up` starts embedded servers: the
+PostgreSQL of the pip wheel, or the install `WX_EMBEDDED_PG_DIR` names (`.ci/pg14`).
 Every test gets its own database and its own Redis logical database, so no test sees another's
 leftovers.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -23,7 +25,12 @@ import redis
 from psycopg import sql
 
 from wx_orchestration.db.migrations import apply_migrations
-from wx_orchestration.devstack.servers import EmbeddedPostgres, EmbeddedValkey
+from wx_orchestration.devstack.servers import (
+    EmbeddedPostgres,
+    EmbeddedServerError,
+    EmbeddedValkey,
+    postgres_install_dir,
+)
 
 STATION_SCHEMA = "wxyc_schema"
 
@@ -45,6 +52,23 @@ def _drop_database(admin_url: str, name: str) -> None:
         conn.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+def pytest_report_header() -> str:
+    """Which PostgreSQL the run is against (CI runs the integration tests on two)."""
+    if os.environ.get("DATABASE_URL"):
+        return "PostgreSQL: DATABASE_URL"
+    try:
+        install = postgres_install_dir()
+        version = subprocess.run(
+            [str(install / "bin" / "postgres"), "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (EmbeddedServerError, OSError, subprocess.CalledProcessError) as error:
+        return f"PostgreSQL: embedded, not runnable ({error})"
+    return f"PostgreSQL: embedded {version} from {install}"
 
 
 @pytest.fixture(scope="session")

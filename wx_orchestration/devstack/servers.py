@@ -138,7 +138,7 @@ def _install_digest(install: Path) -> str:
 
 def _copy_install(root: Path, parts: list[Path], into: Path) -> None:
     for part in parts:
-        shutil.copytree(part, into / part.relative_to(root), symlinks=True)
+        shutil.copytree(part, into / part.relative_to(root), symlinks=True, dirs_exist_ok=True)
     for dirpath, dirs, files in os.walk(into):
         for name in dirs:
             Path(dirpath, name).chmod(0o755)
