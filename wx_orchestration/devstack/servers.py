@@ -203,6 +203,24 @@ def _reachable_data_root(preferred: Path, user: str | None) -> Path:
     return fallback
 
 
+def _check_data_version(install: Path, data_dir: Path) -> None:
+    """A cluster made by another major version (e.g. after changing WX_EMBEDDED_PG_DIR)."""
+    cluster = (data_dir / "PG_VERSION").read_text().strip()
+    result = subprocess.run(
+        [str(install / "bin" / "postgres"), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # "postgres (PostgreSQL) 14.22" -> "14"
+    server = result.stdout.split()[-1].split(".")[0] if result.stdout.split() else ""
+    if server and server != cluster:
+        raise EmbeddedServerError(
+            f"the data directory {data_dir} was made by PostgreSQL {cluster}, the server in "
+            f"{install} is {server}: remove {data_dir.parent} (or use another WX_STATE_DIR)"
+        )
+
+
 def _stop_orphan_postmaster(data_dir: Path) -> None:
     """A postmaster whose wrapper was killed outright still owns the data dir: stop it."""
     pid_file = data_dir / "postmaster.pid"
@@ -257,6 +275,7 @@ class EmbeddedPostgres:
         if not (data_dir / "PG_VERSION").exists():
             self._initdb(install, data_dir, user)
         else:
+            _check_data_version(install, data_dir)
             _stop_orphan_postmaster(data_dir)
         if self.port is None:
             self.port = free_port(self.host)
