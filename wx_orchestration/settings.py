@@ -80,6 +80,8 @@ class Settings:
     sidecar_host: str
     sidecar_port: int
     freshness_target_s: float
+    # /readyz details (raw errors naming hosts and users) for clients beyond loopback.
+    sidecar_readyz_details: bool = False
 
     def __repr__(self) -> str:
         # Secrets stay out of reprs, which end up in tracebacks and logs.
@@ -112,6 +114,7 @@ class Settings:
             sidecar_host=env.get("WX_SIDECAR_HOST", "") or "127.0.0.1",
             sidecar_port=env_int(env, "WX_SIDECAR_PORT", 8686, minimum=1),
             freshness_target_s=env_float(env, "WX_FRESHNESS_TARGET_S", 30.0, minimum=0.1),
+            sidecar_readyz_details=env.get("WX_SIDECAR_READYZ_DETAILS", "").strip() == "1",
         )
 
     def require(self, *names: str) -> None:
@@ -124,3 +127,12 @@ class Settings:
         missing = [name for name in names if not fields.get(name)]
         if missing:
             raise SettingsError(f"required environment variable(s) not set: {', '.join(missing)}")
+
+
+def flowsheet_pacing_from_env(env: Mapping[str, str] | None = None) -> tuple[float, float]:
+    """`WX_FLOWSHEET_MAX_LEAD_S` (default 5) and `WX_FLOWSHEET_PACE_MAX_WAIT_S` (default 10):
+    how far ahead of the clock our flowsheet writes may push the station's `Last-Modified`, and
+    the longest one transaction waits for it to come back (0: never wait)."""
+    env = os.environ if env is None else env
+    max_lead = env_float(env, "WX_FLOWSHEET_MAX_LEAD_S", 5.0, minimum=3.0)
+    return max_lead, env_float(env, "WX_FLOWSHEET_PACE_MAX_WAIT_S", 10.0)

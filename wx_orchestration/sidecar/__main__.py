@@ -10,6 +10,7 @@ import sys
 from dataclasses import fields
 
 from wx_orchestration.settings import Settings, SettingsError
+from wx_orchestration.sidecar.http import PortUnavailable
 from wx_orchestration.sidecar.roles import ROLE_MODULES, SidecarConfig, UnknownRole, parse_roles
 from wx_orchestration.sidecar.runtime import Sidecar
 
@@ -62,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = SidecarConfig(**{f.name: getattr(args, f.name) for f in fields(SidecarConfig)})
     sidecar = Sidecar(settings, config, roles, args.instance)
-    return 0 if sidecar.run_until_signalled() else 1
+    try:
+        return 0 if sidecar.run_until_signalled() else 1
+    except PortUnavailable as err:
+        print(f"wx-sidecar: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

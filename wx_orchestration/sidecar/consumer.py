@@ -6,6 +6,14 @@ delivered more than `max_deliveries` times become dead letters; the rest go to t
 which returns exactly the entry ids it finished. Only those ids and the dead-lettered ones are
 acknowledged — never speculatively — so anything else is redelivered and, if it keeps failing,
 dead-lettered in its turn. Nothing blocks the group.
+
+Redis can lose what the loop reads from: a restart empty or a FLUSHDB, a deleted stream (a
+blocked reader then gets `UNBLOCKED`, the next read `NOGROUP`), or the stream's key overwritten
+with another type (`WRONGTYPE`). The loop recreates the group (and the stream) and goes on; a
+key of ours holding another type is deleted first (`clients.redis_client.delete_if_not_stream`),
+and the bridge replays what the stream lost. After each full reclaim pass, consumers of the
+group that hold nothing and have been idle longer than the reclaim idle (dead instances, whose
+entries were just reclaimed) are deleted, so names do not pile up at every restart.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any, Generic, TypeVar
 import redis
 from psycopg_pool import ConnectionPool
 
+from wx_orchestration.clients.redis_client import delete_if_not_stream, is_wrong_type
 from wx_orchestration.core.events import DecodeError, entry_text
 from wx_orchestration.db.events import DeadLetter, insert_dead_letters
 from wx_orchestration.sidecar.metrics import SidecarMetrics
@@ -33,6 +42,23 @@ Sink = Callable[[Sequence[E]], Collection[str]]
 Entry = tuple[str, Any]
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+# KEYS[1] the stream; ARGV[1] the group, ARGV[2] the calling consumer, ARGV[3] the idle (ms)
+# past which a consumer holding nothing is gone. Checked and deleted in one step, so a consumer
+# that reads meanwhile can never lose entries it holds. Returns the names deleted.
+_PRUNE_CONSUMERS = """
+local deleted = {}
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0
+      and tonumber(info['idle']) >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    deleted[#deleted + 1] = info['name']
+  end
+end
+return deleted
+"""
 
 
 @dataclass
@@ -89,11 +115,10 @@ class StreamConsumer(Generic[E]):
                 self._failed(f"redis unavailable: {err}")
                 stop.wait(1.0)
             except redis.ResponseError as err:
-                if not str(err).startswith("NOGROUP"):
-                    raise
-                # Redis restarted empty (or the stream was deleted): recreate and go on.
-                log.warning("group %s on %s is gone; recreating it", self.group, self.stream)
-                self._group_ready = False
+                if not self._repaired(err):
+                    log.error("consumer %s: batch failed: %s", self.consumer, err)
+                    self._failed(f"redis refused: {err}")
+                    stop.wait(1.0)
             except Exception as err:
                 # A sink or database failure leaves the batch pending; it is redelivered.
                 log.exception("consumer %s: batch failed", self.consumer)
@@ -106,7 +131,30 @@ class StreamConsumer(Generic[E]):
         self._group_ready = False
         self.metrics.consumer_errors.labels(self.group).inc()
 
+    def _repaired(self, err: redis.ResponseError) -> bool:
+        """Whether `err` said the stream or group is gone (now to be recreated)."""
+        message = str(err)
+        if message.startswith(("NOGROUP", "UNBLOCKED")):
+            log.warning("group %s on %s is gone (%s); recreating it", self.group, self.stream, err)
+            self._group_ready = False
+            return True
+        if is_wrong_type(err):
+            # Or the sink's own command hit a wrong type: then the stream is fine, and the
+            # batch failed like any other.
+            found = delete_if_not_stream(self.client, self.stream)
+            if found is not None:
+                log.error(
+                    "%s held a %s, not a stream: deleted it; recreating the stream and group %s",
+                    self.stream,
+                    found,
+                    self.group,
+                )
+                self._group_ready = False
+                return True
+        return False
+
     def ensure_group(self) -> None:
+        self._claim_cursor = "0-0"
         try:
             # From the start of the stream: after a Redis reset everything in it is new to us.
             self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
@@ -158,11 +206,27 @@ class StreamConsumer(Generic[E]):
         if self._claim_cursor == "0-0":
             # A full pass is done; the next can wait until more entries could have gone idle.
             self._next_claim_at = time.monotonic() + self.config.claim_idle_ms / 2000
+            self._prune_consumers()
         entries = [(_text(i), f) for i, f in claimed if f is not None]
         if entries:
             self.metrics.reclaimed.labels(self.group).inc(len(entries))
             log.info("consumer %s reclaimed %d idle entries", self.consumer, len(entries))
         return entries
+
+    def _prune_consumers(self) -> None:
+        deleted: Any = self.client.eval(
+            _PRUNE_CONSUMERS,
+            1,
+            self.stream,
+            self.group,
+            self.consumer,
+            self.config.claim_idle_ms,
+        )
+        if deleted:
+            names = ", ".join(_text(name) for name in deleted)
+            log.info(
+                "group %s: removed consumers gone idle with nothing pending: %s", self.group, names
+            )
 
     def _deliveries(self, entries: Sequence[Entry]) -> dict[str, int]:
         ids = [entry_id for entry_id, _ in entries]

@@ -25,6 +25,7 @@ Env (beyond `Settings`): `WX_ENRICH_CACHE_TTL_S` (default 3600), how long a verd
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -40,7 +41,7 @@ from prometheus_client.registry import Collector
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from wx_orchestration.clients.lml import LmlClient
+from wx_orchestration.clients.lml import LmlClient, LmlError
 from wx_orchestration.clients.lml_budget import BudgetedLml, BudgetWaitTimeout, LmlBudget
 from wx_orchestration.clients.lookup_cache import LookupCache
 from wx_orchestration.contracts.cdc import CDC_STREAM, ENRICHMENT_GROUP
@@ -54,6 +55,8 @@ from wx_orchestration.settings import env_float, env_int
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
 
+log = logging.getLogger("wx_orchestration.sidecar.enrich")
+
 LANE = "live"
 DEFAULT_CACHE_TTL_S = 3600.0
 DEFAULT_CONSUMERS = 3
@@ -66,6 +69,8 @@ BUDGET_POLL_S = 0.25
 # (60 s by default) could count the wait as the row's failure. Must stay below the lease minus
 # LML_TIMEOUT_S.
 DEFAULT_MAX_BUDGET_WAIT_S = 30.0
+# How soon the role notices `stop` while its consumers run.
+_HALT_POLL_S = 0.2
 
 
 class EnrichMetrics:
@@ -179,6 +184,8 @@ class EnrichRole:
         self.budget_waits = BudgetWaits(self.budget)
         ctx.metrics.registry.register(self.budget_waits)
         self._stop = threading.Event()
+        # Set while LML refuses our key: every lookup fails until someone fixes it.
+        self.refused: str | None = None
         count = consumers or env_int(
             os.environ, "WX_ENRICH_CONSUMERS", DEFAULT_CONSUMERS, minimum=1
         )
@@ -211,26 +218,43 @@ class EnrichRole:
         return replace(ctx.config, read_count=min(ctx.config.read_count, MAX_LOOKUP_BULK_ITEMS))
 
     def run(self, stop: threading.Event) -> None:
-        """Run every consumer until `stop`; each finishes its batch in hand before returning."""
-        self._stop = stop
-        first, *others = self.consumers
+        """Run every consumer until `stop`; each finishes its batch in hand before returning.
+        One whose loop fails stops its siblings, and the error goes to the role's supervisor."""
+        halt = threading.Event()
+        self._stop = halt
+        failed: list[Exception] = []
+
+        def consume(consumer: StreamConsumer[FlowsheetEvent]) -> None:
+            try:
+                consumer.run(halt)
+            except Exception as err:
+                failed.append(err)
+            finally:
+                halt.set()
+
         self._threads = [
-            threading.Thread(target=c.run, args=(stop,), name=f"enrich-{n}", daemon=True)
-            for n, c in enumerate(others, start=1)
+            threading.Thread(target=consume, args=(c,), name=f"enrich-{n}", daemon=True)
+            for n, c in enumerate(self.consumers)
         ]
         for thread in self._threads:
             thread.start()
         try:
-            first.run(stop)
+            while not halt.wait(_HALT_POLL_S):
+                if stop.is_set():
+                    halt.set()
         finally:
+            halt.set()
             for thread in self._threads:
                 thread.join()
-            self.lml_client.close()
+            if stop.is_set():
+                self.lml_client.close()
+        if failed:
+            raise failed[0]
 
     def readiness(self) -> tuple[bool, str]:
-        if not self._stop.is_set() and any(not t.is_alive() for t in self._threads):
-            return False, "a consumer thread stopped"
         errors = [c.last_error for c in self.consumers if c.last_error]
+        if self.refused is not None:
+            errors.append(self.refused)
         return (not errors, errors[0] if errors else "consuming")
 
     def enrich_events(self, events: Sequence[FlowsheetEvent]) -> list[str]:
@@ -244,8 +268,19 @@ class EnrichRole:
             else:
                 self.metrics.ignored.labels(found).inc()
         ids = list(candidates)
-        for first in range(0, len(ids), MAX_LOOKUP_BULK_ITEMS):
-            self.enrich_rows(ids[first : first + MAX_LOOKUP_BULK_ITEMS])
+        try:
+            for first in range(0, len(ids), MAX_LOOKUP_BULK_ITEMS):
+                self.enrich_rows(ids[first : first + MAX_LOOKUP_BULK_ITEMS])
+        except LmlError as err:
+            if err.kind != "auth":
+                raise
+            # The flow gave the claimed rows back before raising, and the rest were never
+            # claimed: the backlog takes them all once the key is fixed. Redelivering the batch
+            # would only be refused again, and a traceback per batch says nothing more.
+            self.refused = f"LML refused our API key (status {err.status}); check LML_API_KEY"
+            log.warning("%s; %d plays left pending for the backlog", self.refused, len(ids))
+        else:
+            self.refused = None
         return [event.entry_id for event in events]
 
     def enrich_rows(self, ids: Sequence[int]) -> EnrichmentOutcome | None:

@@ -33,6 +33,7 @@ import types
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +50,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from wx_orchestration.clients.redis_client import (
+    delete_if_not_stream,
+    delete_if_not_stream_async,
+    is_wrong_type,
+)
 from wx_orchestration.contracts.cdc import CDC_STREAM
 from wx_orchestration.contracts.live import (
     FRAME_FIELD,
@@ -63,6 +69,7 @@ from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
 from wx_orchestration.core.live import (
     LIVE_WINDOW,
     EntryId,
+    LiveEvent,
     Refetch,
     build_live_event,
     linked_album_id,
@@ -87,10 +94,17 @@ _RECONNECT_DELAY_MS = 1000
 # Entries per XREAD; one read is fanned out whole, so this bounds a burst well under a queue.
 _READ_COUNT = 100
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_READ_RETRY_CAP_S = 30.0
 
 # KEYS[1] the stream, KEYS[2..] one dedupe key per frame; ARGV[1] TTL ms, ARGV[2] MAXLEN,
 # ARGV[3..] the frames. One round trip per batch; returns 1 per frame published, 0 per duplicate.
+# A stream key of another type fails it before any write: a dedupe key set for a frame whose
+# XADD then failed would have that frame skipped as a duplicate ever after.
 _PUBLISH_SCRIPT = """
+local found = redis.call('TYPE', KEYS[1])['ok']
+if found ~= 'stream' and found ~= 'none' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. found)
+end
 local published = {}
 for i = 2, #KEYS do
   if redis.call('SET', KEYS[i], '1', 'NX', 'PX', ARGV[1]) then
@@ -220,6 +234,7 @@ class LiveProjector:
         self.schema = schema
         self.maxlen = maxlen
         self.metrics = metrics
+        self.client = client
         self.script = client.register_script(_PUBLISH_SCRIPT)
 
     def publish(self, events: Sequence[FlowsheetEvent], now: datetime | None = None) -> list[str]:
@@ -242,10 +257,7 @@ class LiveProjector:
             album = None if kind == "delete" or album_id is None else albums.get(album_id)
             live.append(build_live_event(event, kind, album))
         if live:
-            published: Any = self.script(
-                keys=[LIVE_STREAM, *(_DEDUPE_PREFIX + e.key for e in live)],
-                args=[_DEDUPE_TTL_MS, self.maxlen, *(e.frame().to_json() for e in live)],
-            )
+            published = self._publish(live)
             for event, new in zip(live, published, strict=True):
                 if new:
                     self.metrics.published.labels(event.type).inc()
@@ -253,6 +265,18 @@ class LiveProjector:
                     self.metrics.duplicates.inc()
         # Published or deliberately not: every event of the batch is done.
         return [event.entry_id for event in events]
+
+    def _publish(self, live: Sequence[LiveEvent]) -> Any:
+        keys = [LIVE_STREAM, *(_DEDUPE_PREFIX + e.key for e in live)]
+        args = [_DEDUPE_TTL_MS, self.maxlen, *(e.frame().to_json() for e in live)]
+        try:
+            return self.script(keys=keys, args=args)
+        except redis.ResponseError as err:
+            found = delete_if_not_stream(self.client, LIVE_STREAM) if is_wrong_type(err) else None
+            if found is None:
+                raise
+            log.error("%s held a %s, not a stream: deleted it", LIVE_STREAM, found)
+            return self.script(keys=keys, args=args)
 
 
 # --- fan-out ---------------------------------------------------------------------------------
@@ -456,6 +480,9 @@ class LiveHub:
         self.metrics.connections.set(len(self.subscriptions))
 
     async def _read_loop(self, client: aioredis.Redis) -> None:
+        """Read and fan out for as long as the process serves; every failure is retried, with a
+        backoff while it persists, and shows on /readyz meanwhile."""
+        failures = 0
         while True:
             try:
                 response = await client.xread(
@@ -463,12 +490,16 @@ class LiveHub:
                     count=_READ_COUNT,
                     block=self.config.read_block_ms,
                 )
-                self.error = None
-            except _REDIS_DOWN as err:
-                self.error = f"redis unavailable: {err}"
-                log.warning("live reader: %s", self.error)
-                await asyncio.sleep(1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                failures += 1
+                await self._read_failed(client, err, failures)
                 continue
+            if failures:
+                log.info("live reader: reading %s again", LIVE_STREAM)
+            failures = 0
+            self.error = None
             chunks: list[Chunk] = []
             for raw_id, fields in _stream_entries(response):
                 entry_id = parse_entry_id(_text(raw_id))
@@ -479,6 +510,22 @@ class LiveHub:
                 chunks.append((entry_id, _sse_chunk(raw_id, frame)))
             if chunks:
                 self.fan_out(chunks)
+
+    async def _read_failed(self, client: aioredis.Redis, err: Exception, failures: int) -> None:
+        if isinstance(err, _REDIS_DOWN):
+            self.error = f"redis unavailable: {err}"
+        else:
+            self.error = f"reading {LIVE_STREAM} failed: {type(err).__name__}: {err}"
+        if failures == 1:
+            log.warning(
+                "live reader: %s", self.error, exc_info=not isinstance(err, redis.RedisError)
+            )
+        if is_wrong_type(err):
+            with contextlib.suppress(redis.RedisError):
+                found = await delete_if_not_stream_async(client, LIVE_STREAM)
+                if found is not None:
+                    log.error("%s held a %s, not a stream: deleted it", LIVE_STREAM, found)
+        await asyncio.sleep(min(_READ_RETRY_CAP_S, 0.5 * 2 ** min(failures - 1, 6)))
 
     def fan_out(self, chunks: Sequence[Chunk]) -> None:
         joined = b"".join(chunk for _, chunk in chunks)
@@ -527,6 +574,20 @@ class LiveHub:
 
 
 # --- HTTP ------------------------------------------------------------------------------------
+
+# Set in the task of a response that ends by cutting off a client that stopped reading. uvicorn
+# then logs "returned without completing response" at ERROR, which Sentry turns into an event
+# for every slow listener; the cut is intended and logged on one line of our own instead.
+_cut_off: ContextVar[bool] = ContextVar("wx_live_cut_off", default=False)
+_INCOMPLETE_RESPONSE = "ASGI callable returned without completing response."
+
+
+class _CutOffFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_cut_off.get() and record.msg == _INCOMPLETE_RESPONSE)
+
+
+_CUT_OFF_FILTER = _CutOffFilter()
 
 
 def _json_error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -578,11 +639,9 @@ class EventStream:
             return _json_error(405, "method not allowed")
         requested = request.query_params.get("topics", LIVE_TOPIC)
         topics = {t.strip() for t in requested.split(",") if t.strip()}
-        unknown = sorted(topics - LIVE_TOPICS) if topics else [requested]
-        if unknown:
-            return _json_error(
-                404, f"unknown topic(s): {', '.join(unknown)}", topics=sorted(LIVE_TOPICS)
-            )
+        if not topics or topics - LIVE_TOPICS:
+            # The topics asked for are not echoed: the answer stays small whatever was sent.
+            return _json_error(404, "unknown topic", topics=sorted(LIVE_TOPICS))
         return None
 
     async def _opening(
@@ -636,9 +695,12 @@ class EventStream:
         if watcher.cancelled():
             # Still connected (closed by us): end the response cleanly if the client takes it;
             # one that stopped reading is cut off when this returns.
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(1.0):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except TimeoutError:
+                _cut_off.set(True)
+                log.info("live feed: cut off a client that stopped reading")
 
 
 class LiveRole:
@@ -665,6 +727,7 @@ class LiveRole:
             config=ctx.config,
         )
         self.hub = LiveHub(ctx.settings.redis_url, self.config, self.metrics)
+        logging.getLogger("uvicorn.error").addFilter(_CUT_OFF_FILTER)
         self.page = (STATIC_DIR / "now_playing.html").read_bytes()
         self.script = (STATIC_DIR / "now_playing.js").read_bytes()
         # Pure ASGI middleware only around the stream: the fan-out drives each `send` coroutine
@@ -693,7 +756,9 @@ class LiveRole:
         try:
             self.consumer.run(stop)
         finally:
-            self.hub.close()
+            # A restart after a failure keeps serving the connections in place.
+            if stop.is_set():
+                self.hub.close()
 
     def readiness(self) -> tuple[bool, str]:
         error = self.consumer.last_error or self.hub.error
