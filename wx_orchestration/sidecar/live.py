@@ -11,9 +11,12 @@ Two halves, either of which can run on any number of sidecars:
   that task. Only a connection whose transport is paused (its client reads slower than it is
   written to) queues, in a bounded queue drained by a task of its own; one whose queue
   overflows is closed, and its client reconnects with `Last-Event-ID` and gets what it missed
-  from the stream. `/flowsheet/recent` reads the stream's newest id *before*
-  querying, so every event after that id is one the snapshot may lack (no gap); the row version
-  (`updated_at`) in every payload lets the client skip those it already has (no duplicate).
+  from the stream, a page at a time as it reads them: a replay holds at most one page per
+  connection in memory (so at most `WX_LIVE_MAX_CONNECTIONS` pages in all), however far back
+  it starts and whether or not the client reads. `/flowsheet/recent` reads the stream's newest
+  id *before* querying, so every event after that id is one the snapshot may lack (no gap);
+  the row version (`updated_at`) in every payload lets the client skip those it already has
+  (no duplicate).
 
 Configuration (environment): `WX_LIVE_CORS_ORIGINS` (comma-separated, default `*`; empty turns
 CORS off), `WX_LIVE_STREAM_MAXLEN` (10000), `WX_LIVE_MAX_CONNECTIONS` (2000 per process),
@@ -32,7 +35,7 @@ import time
 import types
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,6 +96,8 @@ _DEDUPE_TTL_MS = int((LIVE_WINDOW.total_seconds() + 3600) * 1000)
 _RECONNECT_DELAY_MS = 1000
 # Entries per XREAD; one read is fanned out whole, so this bounds a burst well under a queue.
 _READ_COUNT = 100
+# Entries per page of a replay: what a connection that does not read holds of it, at most.
+_REPLAY_PAGE = 50
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 _READ_RETRY_CAP_S = 30.0
 
@@ -339,15 +344,24 @@ class Subscription:
         self.closed = False
         self.overflowed = False
 
-    def open(self, send: Send, opening: bytes) -> None:
-        """Send the opening frames, then what queued meanwhile, then go live."""
+    def open(self, send: Send, opening: bytes, replay: AsyncIterator[bytes] | None = None) -> None:
+        """Send the opening frames, then the replay, then what queued meanwhile; go live."""
         if self.closed:  # overflowed, or the hub closed, while the opening was being built
             return
         self.send = send
-        # Queued rather than sent here: a task cancelled before its first step would leave a
-        # `send` coroutine never awaited. Not counted against the limit: it is not lag.
-        self.pending.appendleft((None, opening))
-        self.writer = asyncio.create_task(self._write_queued(send))
+        # Sent by the writer task, not here: a task cancelled before its first step would
+        # leave a `send` coroutine never awaited.
+        self.writer = asyncio.create_task(
+            self._write_queued(send, self._open(send, opening, replay))
+        )
+
+    async def _open(self, send: Send, opening: bytes, replay: AsyncIterator[bytes] | None) -> None:
+        # A page at a time, as the client takes them: one that does not read holds one page,
+        # however far back it asked to start. Live frames queue meanwhile (and count).
+        await send(_body(opening))
+        if replay is not None:
+            async for page in replay:
+                await send(_body(page))
 
     def offer(self, chunks: Sequence[Chunk], joined: bytes) -> None:
         """`joined`: the chunks' bytes in one piece, built once for every connection."""
@@ -540,19 +554,37 @@ class LiveHub:
             await asyncio.sleep(self.config.keepalive_s)
             self.fan_out([(None, b": keepalive\n\n")])
 
-    async def replay(self, after: EntryId, until: EntryId) -> list[bytes]:
-        if after >= until or self.redis is None:
-            return []
-        entries: Any = await self.redis.xrange(
-            LIVE_STREAM, min=f"({_entry_text(after)}", max=_entry_text(until)
-        )
-        chunks = [
-            _sse_chunk(raw_id, fields[FRAME_FIELD.encode()])
-            for raw_id, fields in entries
-            if FRAME_FIELD.encode() in fields
-        ]
-        self.metrics.replayed.inc(len(chunks))
-        return chunks
+    async def replay(self, after: EntryId, until: EntryId) -> AsyncIterator[bytes]:
+        """The frames in (`after`, `until`], `_REPLAY_PAGE` entries per page. Should the stream
+        be trimmed past the last entry sent meanwhile (the client read that slowly), a
+        `refetch` ends the replay: never a silent gap."""
+        cursor = after
+        while cursor < until and self.redis is not None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(
+                    LIVE_STREAM,
+                    min=f"({_entry_text(cursor)}",
+                    max=_entry_text(until),
+                    count=_REPLAY_PAGE,
+                )
+                pipe.xrange(LIVE_STREAM, count=1)
+                entries, first = await pipe.execute()
+            held = parse_entry_id(_text(first[0][0])) if first else None
+            if held is None or cursor < held:
+                self.metrics.refetches.labels("trimmed").inc()
+                frame = LiveFrame("refetch", {"reason": "trimmed"}, _now_ms())
+                yield _sse_chunk(_entry_text(until), frame.to_json())
+                return
+            if not entries:
+                return
+            cursor = parse_entry_id(_text(entries[-1][0])) or until
+            chunks = [
+                _sse_chunk(raw_id, fields[FRAME_FIELD.encode()])
+                for raw_id, fields in entries
+                if FRAME_FIELD.encode() in fields
+            ]
+            self.metrics.replayed.inc(len(chunks))
+            yield b"".join(chunks)
 
     def close(self) -> None:
         """From any thread: end every connection, stop reading, refuse new connections."""
@@ -626,13 +658,13 @@ class EventStream:
             return
         subscription = self.hub.subscribe()
         try:
-            opening = await self._opening(client, request, subscription)
+            opening, replay = await self._opening(client, request, subscription)
         except redis.RedisError as err:
             self.hub.unsubscribe(subscription)
             log.warning("live feed: Redis unavailable for a new connection: %s", err)
             await _json_error(503, "live feed temporarily unavailable")(scope, receive, send)
             return
-        await self._stream(subscription, opening, receive, send)
+        await self._stream(subscription, opening, replay, receive, send)
 
     def _refusal(self, request: Request) -> Response | None:
         if request.method != "GET":
@@ -646,27 +678,33 @@ class EventStream:
 
     async def _opening(
         self, client: aioredis.Redis, request: Request, subscription: Subscription
-    ) -> bytes:
-        """`connection-established`, then the missed entries or a `refetch`."""
+    ) -> tuple[bytes, AsyncIterator[bytes] | None]:
+        """`connection-established` (and a `refetch`), then the missed entries, if any."""
         hello = LiveFrame("connection-established", {"clientId": uuid.uuid4().hex}, _now_ms())
         chunks = [b"retry: %d\ndata: %s\n\n" % (_RECONNECT_DELAY_MS, hello.to_json().encode())]
         last = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
         if last is None:
-            return b"".join(chunks)
+            return b"".join(chunks), None
         bounds = await self.hub.bounds(client)
         decision = resume_decision(last, bounds.first_held, bounds.newest)
+        replay = None
         if isinstance(decision, Refetch):
             self.metrics.refetches.labels(decision.reason).inc()
             frame = LiveFrame("refetch", {"reason": decision.reason}, _now_ms())
             chunks.append(_sse_chunk(_entry_text(bounds.newest), frame.to_json()))
             subscription.floor = max(subscription.floor, bounds.newest)
         else:
-            chunks += await self.hub.replay(decision.after, subscription.floor)
+            replay = self.hub.replay(decision.after, subscription.floor)
             subscription.floor = max(subscription.floor, decision.after)
-        return b"".join(chunks)
+        return b"".join(chunks), replay
 
     async def _stream(
-        self, subscription: Subscription, opening: bytes, receive: Receive, send: Send
+        self,
+        subscription: Subscription,
+        opening: bytes,
+        replay: AsyncIterator[bytes] | None,
+        receive: Receive,
+        send: Send,
     ) -> None:
         await send(
             {
@@ -680,7 +718,7 @@ class EventStream:
             }
         )
 
-        subscription.open(send, opening)
+        subscription.open(send, opening, replay)
         watcher = asyncio.create_task(_until_disconnected(receive))
         try:
             await asyncio.wait({subscription.ended, watcher}, return_when=asyncio.FIRST_COMPLETED)
