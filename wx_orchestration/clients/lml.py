@@ -418,14 +418,17 @@ class LmlClient:
         latency_ms = (time.perf_counter() - started) * 1000.0
         if stats is not None:
             stats.record(latency_ms)
+        refused = isinstance(outcome, LmlError) and outcome.kind == "auth"
         LOGGER.log(
             logging.WARNING if isinstance(outcome, LmlError) else logging.DEBUG,
-            "LML %s %s items=%d -> %s in %.1f ms",
+            "LML %s %s items=%d -> %s in %.1f ms%s",
             method,
             path,
             items,
             label,
             latency_ms,
+            # The one line a refused key gets: callers add none of their own.
+            "; LML refused our API key, check LML_API_KEY" if refused else "",
             extra={
                 "lml_method": method,
                 "lml_path": path,

@@ -25,7 +25,6 @@ Env (beyond `Settings`): `WX_ENRICH_CACHE_TTL_S` (default 3600), how long a verd
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -54,8 +53,6 @@ from wx_orchestration.flows.enrichment import EnrichmentOutcome, VerdictCache, e
 from wx_orchestration.settings import env_float, env_int
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
-
-log = logging.getLogger("wx_orchestration.sidecar.enrich")
 
 LANE = "live"
 DEFAULT_CACHE_TTL_S = 3600.0
@@ -276,9 +273,9 @@ class EnrichRole:
                 raise
             # The flow gave the claimed rows back before raising, and the rest were never
             # claimed: the backlog takes them all once the key is fixed. Redelivering the batch
-            # would only be refused again, and a traceback per batch says nothing more.
+            # would only be refused again; the client logged the refusal on one line, and a
+            # traceback per batch would say nothing more.
             self.refused = f"LML refused our API key (status {err.status}); check LML_API_KEY"
-            log.warning("%s; %d plays left pending for the backlog", self.refused, len(ids))
         else:
             self.refused = None
         return [event.entry_id for event in events]

@@ -6,6 +6,7 @@ clients read `/events/stream` with httpx (or a raw socket, to play a client that
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import subprocess
@@ -426,7 +427,10 @@ def test_unknown_topics_are_404_and_the_connection_cap_is_503(live: LiveServer) 
             client.close()
 
 
-def test_a_client_that_stops_reading_is_closed(live: LiveServer) -> None:
+def test_a_client_that_stops_reading_is_closed(
+    live: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     slow = socket.socket()
     slow.connect(("127.0.0.1", int(live.base.rsplit(":", 1)[1])))
     slow.sendall(b"GET /events/stream?topics=live-fs-topic HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -449,6 +453,12 @@ def test_a_client_that_stops_reading_is_closed(live: LiveServer) -> None:
             poll(slow_client_closed, timeout=30, what="the slow client to be closed")
             assert live.metric("wx_live_connections") == 1
             assert not healthy.ended.is_set()
+            # One line of ours, no ERROR (nor so a Sentry event) from uvicorn: the cut is meant.
+            poll(
+                lambda: any("cut off a client" in r.getMessage() for r in caplog.records),
+                what="the cut logged",
+            )
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         # Once it reads again it finds the end of the response (or of the connection, had it
         # stayed stuck past the server's grace period) and reconnects with its last id.
         tail = b""

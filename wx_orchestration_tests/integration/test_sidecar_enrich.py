@@ -7,6 +7,7 @@ first runs the real bridge and role in a sidecar. Waits poll with deadlines.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -244,6 +245,45 @@ def test_a_catchup_of_a_row_no_longer_pending_is_ignored(
     assert calls_sent(lml_emulator) == 1
     # A catch-up of a row past `pending` counts as an UPDATE (DESIGN.md §6).
     assert sample(role, "wx_enrich_events_ignored_total", reason="not_insert") == 1
+
+
+def test_a_refused_key_is_one_line_per_call_and_the_plays_wait_for_the_backlog(
+    make_role: Callable[..., EnrichRole],
+    conn: psycopg.Connection,
+    client: redis.Redis,
+    lml_emulator: EmulatorHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # LML wants a key we do not send: every call answers 401.
+    monkeypatch.setattr(lml_emulator.emulator, "api_key", "the-key-we-lack")
+    role = make_role()
+    rows = [add_play(conn, f"Artist {n}") for n in range(3)]
+    with caplog.at_level(logging.INFO), running_role(role):
+        for row in rows:
+            bridge(client, row)
+        poll(lambda: attempts(conn, rows) == 3, what="the plays given back")
+        poll(lambda: unacked(client) == 0, what="the batch acknowledged")
+        ready, detail = role.readiness()
+    assert not ready
+    assert "LML refused our API key (status 401)" in detail
+    assert {status(conn, row["id"]) for row in rows} == {"pending"}
+    # One line per refused call, no traceback, nothing at ERROR (so no Sentry event).
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(noisy) == calls_sent(lml_emulator)
+    assert all("-> 401" in r.getMessage() for r in noisy)
+    assert all("LML refused our API key" in r.getMessage() for r in noisy)
+    assert not any(r.exc_info for r in noisy)
+    assert all(r.levelno == logging.WARNING for r in noisy)
+
+
+def attempts(conn: psycopg.Connection, rows: list[dict[str, Any]]) -> int:
+    found = conn.execute(
+        "SELECT count(*) FROM wx_orchestration.enrichment_attempts WHERE flowsheet_id = ANY(%s)",
+        ([row["id"] for row in rows],),
+    ).fetchone()
+    assert found is not None
+    return found[0]
 
 
 def test_a_degraded_lml_leaves_the_row_pending_and_caches_nothing(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -144,10 +146,38 @@ def test_consumer_killed_mid_batch_has_its_entries_reclaimed(
         with connect(station_db) as conn:
             poll(lambda: len(logged_keys(conn)) == 50, what="reclaimed entries to be logged")
         poll(lambda: client.xpending(CDC_STREAM, EVENTLOG_GROUP)["pending"] == 0, what="acks")
+        # Its entries taken over, the dead consumer's name goes too: restarts leave no trail.
+        poll(lambda: consumers(client) == {"survivor"}, what="the dead consumer removed")
     finally:
         stop.set()
         worker.join(5)
     assert not worker.is_alive()
+
+
+def consumers(client: redis.Redis) -> set[str]:
+    found: Any = client.xinfo_consumers(CDC_STREAM, EVENTLOG_GROUP)
+    return {c["name"].decode() for c in found}
+
+
+def test_only_consumers_holding_nothing_and_idle_past_the_reclaim_idle_are_removed(
+    client: redis.Redis, pool: ConnectionPool
+) -> None:
+    client.xadd(CDC_STREAM, payload_json({"not": "an event"}))  # type: ignore[arg-type]
+    patient = eventlog_consumer(client, pool, "patient")
+    patient.config = replace(FAST, claim_idle_ms=60_000)
+    patient.ensure_group()
+    # Another instance holds an entry; another holds nothing.
+    assert client.xreadgroup(EVENTLOG_GROUP, "holder", {CDC_STREAM: ">"}, count=1)
+    client.xgroup_createconsumer(CDC_STREAM, EVENTLOG_GROUP, "empty")
+    client.xgroup_createconsumer(CDC_STREAM, EVENTLOG_GROUP, "patient")
+    patient._prune_consumers()
+    assert consumers(client) == {"patient", "holder", "empty"}  # none idle for 60 s
+
+    eager = eventlog_consumer(client, pool, "eager")
+    eager.config = replace(FAST, claim_idle_ms=1)
+    poll(lambda: (eager._prune_consumers(), "empty" not in consumers(client))[1], what="pruning")
+    # Whoever holds an entry stays, however idle, until the entry is reclaimed from it.
+    assert "holder" in consumers(client)
 
 
 def test_entries_failing_more_than_n_times_become_dead_letters(
