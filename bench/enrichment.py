@@ -223,7 +223,7 @@ def report_writes(title: str, r: WriteRates) -> None:
 # Diagnostic only: what the same statements cost without the station's per-row triggers (the
 # CDC notify and the updated_at bump; the per-statement watermark stays). Production keeps them,
 # so the numbers with triggers are the ones that count.
-_ROW_TRIGGERS = ("cdc_flowsheet", "flowsheet_bump_updated_at")
+_ROW_TRIGGERS = ("cdc_flowsheet", "bump_flowsheet_updated_at")
 
 
 def set_row_triggers(conn: psycopg.Connection, *, enabled: bool) -> None:

@@ -20,17 +20,30 @@ from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.core.identity import WRITER_NOTE, IdentityWrite, plan_batch
 from wx_orchestration.db.identity import SHARD_COUNT, Selection, select_stale_batch, write_batch
 from wx_orchestration.defs.identity.refresh import RefreshOptions, refresh_shard
+from wx_orchestration.devstack.station_rows import library_defaults
 
 
 def seed(conn: psycopg.Connection, rows: int) -> None:
+    required = library_defaults(conn)
     with conn.cursor() as cur:
         with cur.copy(
-            "COPY library (artist_name, album_title, legacy_release_id, canonical_entity_id) "
-            "FROM STDIN"
+            "COPY library (artist_name, album_title, legacy_release_id, canonical_entity_id,"
+            " artist_id, genre_id, format_id, code_number) FROM STDIN"
         ) as copy:
             for i in range(rows):
                 artist = "Various Artists" if i % 40 == 0 else f"Artist {i % 9000}"
-                copy.write_row((artist, f"Album {i}", 100_000 + i, f"wxyc:{i}"))
+                copy.write_row(
+                    (
+                        artist,
+                        f"Album {i}",
+                        100_000 + i,
+                        f"wxyc:{i}",
+                        required["artist_id"],
+                        required["genre_id"],
+                        required["format_id"],
+                        1 + i % 999,
+                    )
+                )
         cur.execute("ANALYZE library")
 
 

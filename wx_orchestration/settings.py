@@ -129,10 +129,13 @@ class Settings:
             raise SettingsError(f"required environment variable(s) not set: {', '.join(missing)}")
 
 
-def flowsheet_pacing_from_env(env: Mapping[str, str] | None = None) -> tuple[float, float]:
-    """`WX_FLOWSHEET_MAX_LEAD_S` (default 5) and `WX_FLOWSHEET_PACE_MAX_WAIT_S` (default 10):
-    how far ahead of the clock our flowsheet writes may push the station's `Last-Modified`, and
-    the longest one transaction waits for it to come back (0: never wait)."""
+def flowsheet_max_lead_from_env(env: Mapping[str, str] | None = None) -> float:
+    """`WX_FLOWSHEET_MAX_LEAD_S` (default 5): how far ahead of the clock our statements may push
+    the station's `Last-Modified` (`flowsheet_watermark`); 0 turns pacing off."""
     env = os.environ if env is None else env
-    max_lead = env_float(env, "WX_FLOWSHEET_MAX_LEAD_S", 5.0, minimum=3.0)
-    return max_lead, env_float(env, "WX_FLOWSHEET_PACE_MAX_WAIT_S", 10.0)
+    value = env_float(env, "WX_FLOWSHEET_MAX_LEAD_S", 5.0)
+    if 0 < value < 4:
+        raise SettingsError(
+            f"WX_FLOWSHEET_MAX_LEAD_S={value} leaves no room for a claim: use 0 (off) or >= 4"
+        )
+    return value

@@ -204,6 +204,16 @@ class StreamEvent:
         return {PAYLOAD_FIELD: self.to_json()}
 
 
+def catchup_entry_json(row_json: str, bridged_at_ms: int, table: str = FLOWSHEET_TABLE) -> str:
+    """`StreamEvent("CATCHUP", row, None, bridged_at_ms, catchup=True).to_json()`, around a row
+    already rendered as JSON by the database: catch-up moves whole tables of rows, and parsing
+    each into Python only to write it out again cost more than reading it."""
+    return (
+        f'{{"v":{STREAM_EVENT_VERSION},"table":{json.dumps(table)},"action":"CATCHUP",'
+        f'"row":{row_json},"cdc_ts_ms":null,"bridged_at_ms":{int(bridged_at_ms)},"catchup":true}}'
+    )
+
+
 # --- sidecar heartbeat (written by the sidecar, read by `sidecar_health_sensor`) ---------------
 
 HEARTBEAT_KEY_PREFIX = "wx:sidecar:"

@@ -4,8 +4,8 @@ A notification is a hint that a row changed, never a statement of what it holds:
 that can connect can `pg_notify('cdc', …)` with any text. So the bridge reads the notified rows
 by id and publishes them as the table holds them. The hint only says which rows to read and
 whether a row was new or gone:
-- a row still there is published as read; an INSERT hint stays an INSERT only while the row is
-  still `pending` (a claimed or finished row is an UPDATE to listeners and the enricher);
+- a row still there is published as read, as an INSERT if it was hinted as one: listeners
+  first learn of a row from its `insert`, even when it was enriched before the bridge read it;
 - a DELETE is published, by id alone, only when the row is gone; a DELETE hint for a row that
   is still there was not written by the trigger and is dropped;
 - an INSERT or UPDATE hint for a row that is gone is dropped: its own DELETE follows.
@@ -65,8 +65,6 @@ def events_from_hints(
         if actions == {"DELETE"}:
             out.contradicted += 1
             continue
-        inserted = "INSERT" in actions and row.get("metadata_status") == "pending"
-        out.events.append(
-            StreamEvent("INSERT" if inserted else "UPDATE", dict(row), timestamp_ms, now_ms)
-        )
+        action = "INSERT" if "INSERT" in actions else "UPDATE"
+        out.events.append(StreamEvent(action, dict(row), timestamp_ms, now_ms))
     return out

@@ -101,7 +101,8 @@ def live_event_type(event: FlowsheetEvent, now: datetime) -> LiveEventType | Non
     if row.get("entry_type") != "track" or not is_recent(row.get("add_time"), now):
         return None
     if action == "INSERT":
-        return "insert" if event.metadata_status == "pending" else None
+        # Read when its notification arrived: a row enriched before then is inserted enriched.
+        return "insert"
     return "update" if event.metadata_status in TERMINAL_STATUSES else None
 
 

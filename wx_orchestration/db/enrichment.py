@@ -5,9 +5,10 @@ schema, then `wx_orchestration` (`PostgresResource.connection` sets it; so do th
 tests), exactly as `db/identity.py` does; our own table is always written schema-qualified.
 
 Transactions: every `flowsheet` write takes the station's watermark row lock until commit, so
-DJs' inserts wait on whatever transaction holds it (DESIGN.md §2). Claims are single statements
-meant for an autocommit connection (committed at once). `finalize_rows` and `release_rows` issue
-plain statements: the caller wraps them in one short `conn.transaction()` *after* the LML call.
+DJs' inserts wait on whatever transaction holds it (DESIGN.md §2), and moves the station's
+`Last-Modified` a second. Claims run their own short paced transaction on an autocommit
+connection (`db.paced_writes`). `finalize_rows` and `release_rows` issue plain statements: the
+caller wraps them in one short `flowsheet_transaction(conn)` *after* the LML call.
 
 Every claim repeats the whole predicate of the pending partial index, adds `btrim(artist_name,
 <all whitespace>) <> ''` and skips rows still in retry backoff. A whitespace-only artist is thus
@@ -26,6 +27,7 @@ from typing import Any, LiteralString
 import psycopg
 
 from wx_orchestration.core.enrichment import RESULT_COLUMNS, ClaimedRow, FinalizePlan
+from wx_orchestration.db.paced_writes import flowsheet_transaction
 
 # Every character Python's str.strip() removes, so SQL and `core.enrichment` agree on what a
 # blank artist is (plain btrim() strips only spaces; a tab-only name would reach LML).
@@ -47,30 +49,33 @@ _RETURNING = """RETURNING f.id, f.enriching_since, f.album_id, f.artist_name, f.
     COALESCE((SELECT a.faults FROM wx_orchestration.enrichment_attempts AS a
               WHERE a.flowsheet_id = f.id), 0)"""
 
-_CLAIM_BY_IDS = f"""
-UPDATE flowsheet AS f
-SET metadata_status = 'enriching', enriching_since = now()
+# Claims pick their rows first and write only when they found some: production's watermark
+# trigger moves `Last-Modified` a second for every statement that writes `flowsheet`, even one
+# that changes nothing (DESIGN.md §2).
+_PICK_BY_IDS = f"""
+SELECT f.id FROM flowsheet AS f
 WHERE f.id = ANY(%(ids)s) AND {CLAIMABLE}
-{_RETURNING}
+FOR UPDATE SKIP LOCKED
 """
 
-# The batch is picked in a MATERIALIZED CTE: `WHERE id IN (SELECT … LIMIT n)` may be re-run by
-# the planner and claim far more than n rows (DESIGN.md §6).
-_CLAIM_BATCH = f"""
-WITH picked AS MATERIALIZED (
-    SELECT f.id FROM flowsheet AS f
-    WHERE {CLAIMABLE}
-      AND f.add_time >= %(start)s AND f.add_time < %(end)s
-      AND f.add_time < now() - make_interval(secs => %(grace_s)s)
-      AND f.id < COALESCE(%(below_id)s::bigint, 2147483648)
-    ORDER BY f.id DESC
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
+# `ORDER BY … LIMIT` in its own statement: inside `UPDATE … WHERE id IN (SELECT … LIMIT n)` the
+# planner may re-run the subquery and claim far more than n rows (DESIGN.md §6).
+_PICK_BATCH = f"""
+SELECT f.id FROM flowsheet AS f
+WHERE {CLAIMABLE}
+  AND f.add_time >= %(start)s AND f.add_time < %(end)s
+  AND f.add_time < now() - make_interval(secs => %(grace_s)s)
+  AND f.id < COALESCE(%(below_id)s::bigint, 2147483648)
+ORDER BY f.id DESC
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+# The picked rows are locked: the predicate holds until the UPDATE.
+_CLAIM_PICKED = f"""
 UPDATE flowsheet AS f
 SET metadata_status = 'enriching', enriching_since = now()
-FROM picked
-WHERE f.id = picked.id
+WHERE f.id = ANY(%s)
 {_RETURNING}
 """
 
@@ -79,11 +84,24 @@ def _claimed(rows: list[tuple[Any, ...]]) -> list[ClaimedRow]:
     return [ClaimedRow(*row) for row in rows]
 
 
+def _claim(
+    conn: psycopg.Connection, pick: LiteralString, params: dict[str, Any]
+) -> list[ClaimedRow]:
+    with flowsheet_transaction(conn, statements=1):
+        ids = [row[0] for row in conn.execute(pick, params).fetchall()]
+        if not ids:
+            return []
+        rows = conn.execute(_CLAIM_PICKED, (ids,)).fetchall()
+    position = {row_id: n for n, row_id in enumerate(ids)}
+    return _claimed(sorted(rows, key=lambda row: position[row[0]]))
+
+
 def claim_rows_by_ids(conn: psycopg.Connection, ids: Sequence[int]) -> list[ClaimedRow]:
-    """Claim those of `ids` that are still claimable, in one conditional UPDATE."""
+    """Claim those of `ids` that are still claimable, in one paced transaction on autocommit
+    `conn`."""
     if not ids:
         return []
-    return _claimed(conn.execute(_CLAIM_BY_IDS, {"ids": list(ids)}).fetchall())
+    return _claim(conn, _PICK_BY_IDS, {"ids": list(ids)})
 
 
 def claim_backlog_batch(
@@ -108,7 +126,7 @@ def claim_backlog_batch(
         "limit": limit,
         "below_id": below_id,
     }
-    return _claimed(conn.execute(_CLAIM_BATCH, params).fetchall())
+    return _claim(conn, _PICK_BATCH, params)
 
 
 def _recordset_columns() -> LiteralString:

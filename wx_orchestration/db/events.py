@@ -271,18 +271,20 @@ def logged_through(
 def open_changed_rows(
     conn: psycopg.Connection, schema: str, after: Watermark
 ) -> psycopg.ServerCursor:
-    """A server-side cursor over flowsheet rows past `after` in (`updated_at`, `id`) order.
+    """A server-side cursor over the positions of flowsheet rows past `after`, in (`updated_at`,
+    `id`) order.
 
     Production indexes `updated_at` alone (DESC), and one bulk UPDATE gives thousands of rows
     the same `updated_at`: a keyset page over (`updated_at`, `id`) would sort that whole tie block
-    again for every page (100,000 tied rows took 96 s). One cursor walks the index once and sorts
-    each tie block once (an incremental sort), however the rows are paged out of it. The row
-    comparison is only a filter; `updated_at >=` is what reaches the index. The cursor needs the
-    connection's transaction: the caller keeps `conn` to itself until the scan is done.
+    again for every page (100,000 tied rows took 96 s). One cursor sorts each block once,
+    however the rows are paged out of it; it carries only the two keys, since whatever the
+    select list holds is computed for every row before the sort. The row comparison is only a
+    filter; `updated_at >=` is what reaches the index. The cursor needs the connection's
+    transaction: the caller keeps `conn` to itself until the scan is done.
     """
     query = sql.SQL(
         """
-        SELECT f.updated_at, f.id, to_jsonb(f)
+        SELECT f.updated_at, f.id
         FROM {}.flowsheet AS f
         WHERE f.updated_at >= %s AND (f.updated_at, f.id) > (%s, %s)
         ORDER BY f.updated_at, f.id
@@ -294,12 +296,18 @@ def open_changed_rows(
 
 
 def fetch_changed_rows(
-    cursor: psycopg.ServerCursor, limit: int
-) -> list[tuple[Watermark, dict[str, Any]]]:
-    return [
-        (Watermark(updated_at, row_id), image)
-        for updated_at, row_id, image in cursor.fetchmany(limit)
-    ]
+    cursor: psycopg.ServerCursor, schema: str, limit: int
+) -> tuple[list[Watermark], dict[int, str]]:
+    """The next `limit` positions of `cursor`, and the rows at them as JSON text, as `to_jsonb`
+    renders them now (a row deleted since is absent: its DELETE is notified)."""
+    positions = [Watermark(updated_at, row_id) for updated_at, row_id in cursor.fetchmany(limit)]
+    if not positions:
+        return positions, {}
+    query = sql.SQL(
+        "SELECT f.id, to_jsonb(f)::text FROM {}.flowsheet AS f WHERE f.id = ANY(%s)"
+    ).format(sql.Identifier(schema))
+    conn = cursor.connection
+    return positions, dict(conn.execute(query, ([p.flowsheet_id for p in positions],)).fetchall())
 
 
 def read_flowsheet_rows(

@@ -102,6 +102,7 @@ def apply_migrations(
         _ensure_bookkeeping(conn)
         recorded = _recorded_checksums(conn)
         _refuse_changed_files(files, recorded)
+        _refuse_foreign_station_schema(conn, files, recorded)
         for migration in files:
             if migration.key not in recorded:
                 _apply_one(conn, migration)
@@ -211,6 +212,29 @@ def _refuse_changed_files(
                 f"to schema {migration.schema_name!r}: recorded sha256 {recorded_checksum[:12]}…, "
                 f"file now {checksum[:12]}…. Applied migrations are immutable: "
                 "restore the file and put the change in a new numbered file instead."
+            )
+
+
+def _refuse_foreign_station_schema(
+    conn: psycopg.Connection,
+    files: list[MigrationFile],
+    recorded: dict[tuple[str, str, str], str],
+) -> None:
+    """The mirror goes only where we made it: never over the station's real tables."""
+    schemas = {
+        f.schema_name
+        for f in files
+        if f.kind == STATION_KIND
+        and f.key not in recorded
+        and not any(k[:2] == (STATION_KIND, f.schema_name) for k in recorded)
+    }
+    for schema in sorted(schemas):
+        row = conn.execute("SELECT to_regclass(%s)", (f"{schema}.flowsheet",)).fetchone()
+        if row is not None and row[0] is not None:
+            raise MigrationError(
+                f"schema {schema!r} already holds the station's tables (not created by wx"
+                " migrate): run `wx migrate` without --with-station-schema to add only our own"
+                " schema"
             )
 
 

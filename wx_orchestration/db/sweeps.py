@@ -17,6 +17,7 @@ import psycopg
 from wx_orchestration.core.enrichment import RetryPolicy
 from wx_orchestration.core.sweep import AGE_BUCKETS, SweepReport, expired_claim_reason
 from wx_orchestration.db.enrichment import Release, release_rows
+from wx_orchestration.db.paced_writes import flowsheet_transaction
 
 _STALE_CLAIMS = """
 SELECT f.id, f.enriching_since, COALESCE(a.attempts, 0), COALESCE(a.faults, 0)
@@ -79,7 +80,7 @@ def expire_stale_claims(
                     fault=True,
                 )
             )
-        with conn.transaction():
+        with flowsheet_transaction(conn, statements=1):
             released = release_rows(conn, releases)
         report.reset += sum(1 for r in releases if r.flowsheet_id in released and not r.park)
         report.parked += sum(1 for r in releases if r.flowsheet_id in released and r.park)
@@ -148,5 +149,7 @@ def parked_rows(
 
 def requeue(conn: psycopg.Connection, ids: Sequence[int]) -> list[int]:
     """`failed_no_retry` → `pending` with attempts reset, in one short transaction."""
-    with conn.transaction():
+    if not ids:
+        return []
+    with flowsheet_transaction(conn, statements=1):
         return [row[0] for row in conn.execute(_REQUEUE, (list(ids),)).fetchall()]

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from wx_orchestration.db.migrations import MigrationError
 from wx_orchestration.settings import Settings, SettingsError, redact_url
 
 
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"wx: {exc}", file=sys.stderr)
         return 2
+    except MigrationError as exc:
+        print(f"wx: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

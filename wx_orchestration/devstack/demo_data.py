@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from psycopg import sql
 
+from wx_orchestration.devstack.station_rows import VARIOUS_ARTISTS, insert_artists, insert_library
 from wx_orchestration.settings import validate_schema_name
 
 ARTISTS = [
@@ -183,19 +184,15 @@ def _track_title(rng: random.Random) -> str:
     return f"{rng.choice(TRACK_WORDS)} {rng.choice(ALBUM_WORDS)}"
 
 
-def _insert_library(cur: psycopg.Cursor, rng: random.Random) -> list[tuple[int, str, str]]:
-    artist_ids: dict[str, int] = {}
-    for name in ARTISTS:
-        row = cur.execute(
-            "INSERT INTO artists (artist_name) VALUES (%s) RETURNING id", (name,)
-        ).fetchone()
-        assert row is not None
-        artist_ids[name] = row[0]
-    rows: list[tuple[int, str, str]] = []
+def _insert_library(conn: psycopg.Connection, rng: random.Random) -> list[tuple[int, str, str]]:
+    artist_ids = dict(zip(ARTISTS, insert_artists(conn, ARTISTS), strict=True))
+    wanted: list[dict[str, object]] = []
+    credited: list[tuple[str, str]] = []
     for index in range(320):
         is_compilation = index % 32 == 0
         if is_compilation:
-            artist, album = "Various Artists", COMPILATIONS[(index // 32) % len(COMPILATIONS)]
+            artist, album = VARIOUS_ARTISTS, COMPILATIONS[(index // 32) % len(COMPILATIONS)]
+            # The V/A artist of `library_defaults`: production requires an artist on every row.
             letters, artist_id = "Z" + rng.choice("ABCDEFG"), None
         else:
             artist = ARTISTS[index % len(ARTISTS)]
@@ -203,15 +200,19 @@ def _insert_library(cur: psycopg.Cursor, rng: random.Random) -> list[tuple[int, 
         # Newer library rows carry only artist_id (library.artist_name NULL), as in production.
         denormalised = None if index % 9 == 4 and artist_id is not None else artist
         canonical = None if index % 11 == 7 else f"wxyc:entity:{index:05d}"
-        row = cur.execute(
-            """INSERT INTO library (artist_id, artist_name, album_title, code_volume_letters,
-                                    canonical_entity_id)
-               VALUES (%s, %s, %s, %s, %s) RETURNING id""",
-            (artist_id, denormalised, album, letters, canonical),
-        ).fetchone()
-        assert row is not None
-        rows.append((row[0], artist, album))
-    return rows
+        wanted.append(
+            {
+                "artist_id": artist_id,
+                "artist_name": denormalised,
+                "album_title": album,
+                "code_volume_letters": letters,
+                "canonical_entity_id": canonical,
+                "code_number": index + 1,
+            }
+        )
+        credited.append((artist, album))
+    ids = insert_library(conn, wanted)
+    return [(row_id, artist, album) for row_id, (artist, album) in zip(ids, credited, strict=True)]
 
 
 @dataclass
@@ -291,27 +292,27 @@ def load_demo_data(
     schema = validate_schema_name(station_schema)
     rng = random.Random(_SEED)  # noqa: S311 - reproducible demo data, not a secret
     now = datetime.now(UTC)
-    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-        existing = cur.execute("SELECT count(*) FROM library").fetchone()
+    with psycopg.connect(database_url) as conn:
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        existing = conn.execute("SELECT count(*) FROM library").fetchone()
         if existing and existing[0] and not force:
             return {"library": 0, "shows": 0, "flowsheet": 0}
-        library = _insert_library(cur, rng)
+        library = _insert_library(conn, rng)
         show_ids = []
-        for index, (name, dj) in enumerate(SHOWS):
-            row = cur.execute(
-                "INSERT INTO shows (show_name, dj_name, start_time) VALUES (%s, %s, %s) "
-                "RETURNING id",
-                (name, dj, now - timedelta(hours=20 - 5 * index)),
+        for index, (name, _dj) in enumerate(SHOWS):
+            row = conn.execute(
+                "INSERT INTO shows (show_name, start_time) VALUES (%s, %s) RETURNING id",
+                (name, now - timedelta(hours=20 - 5 * index)),
             ).fetchone()
             assert row is not None
             show_ids.append(row[0])
         rows = _flowsheet_rows(rng, library, show_ids, now)
         columns = sorted({key for row in rows for key in row})
-        statement = sql.SQL("INSERT INTO flowsheet ({}) VALUES ({})").format(
-            sql.SQL(", ").join(map(sql.Identifier, columns)),
-            sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        copy = sql.SQL("COPY flowsheet ({}) FROM STDIN").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns))
         )
-        # One statement per batch: every flowsheet write takes the station's watermark lock.
-        cur.executemany(statement, [[row.get(col) for col in columns] for row in rows])
+        # One statement: each flowsheet statement moves the station's Last-Modified a second.
+        with conn.cursor() as cur, cur.copy(copy) as writer:
+            for row in rows:
+                writer.write_row([row.get(col) for col in columns])
     return {"library": len(library), "shows": len(show_ids), "flowsheet": len(rows)}

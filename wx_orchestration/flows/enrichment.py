@@ -35,6 +35,7 @@ from wx_orchestration.core.enrichment import (
     verdict_for,
 )
 from wx_orchestration.db.enrichment import Release, claim_backlog_batch, finalize_rows, release_rows
+from wx_orchestration.db.paced_writes import flowsheet_transaction
 
 log = logging.getLogger("wx_orchestration.enrichment")
 
@@ -225,7 +226,7 @@ def enrich_claimed(
 
     started = time.perf_counter()
     try:
-        with conn.transaction():
+        with flowsheet_transaction(conn):
             written = finalize_rows(conn, plans)
             released = release_rows(conn, [release for release, _ in releases])
     except psycopg.Error as exc:
@@ -255,7 +256,7 @@ def _write_one_by_one(
     kept: list[FinalizePlan] = []
     for plan in plans:
         try:
-            with conn.transaction():
+            with flowsheet_transaction(conn, statements=1):
                 written |= finalize_rows(conn, [plan])
             kept.append(plan)
         except psycopg.Error as exc:
@@ -270,7 +271,7 @@ def _write_one_by_one(
                 fault=True,
             )
             releases.append((release, verdict))
-    with conn.transaction():
+    with flowsheet_transaction(conn, statements=1):
         released = release_rows(conn, [release for release, _ in releases])
     return kept, written, released
 

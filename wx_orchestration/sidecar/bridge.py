@@ -36,8 +36,10 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -51,11 +53,13 @@ from wx_orchestration.contracts.cdc import (
     CDC_OVERSIZED_CHANNEL,
     CDC_STREAM,
     FLOWSHEET_TABLE,
+    PAYLOAD_FIELD,
     CdcError,
     CdcNotification,
     CdcOversized,
     NotificationError,
     StreamEvent,
+    catchup_entry_json,
 )
 from wx_orchestration.core.change_hints import ChangeHint, events_from_hints, hinted_row_ids
 from wx_orchestration.core.events import row_cursor
@@ -97,11 +101,28 @@ class RedisTooOld(Exception):
     """XINFO STREAM has no `entries-added` (Redis < 7), so a lost stream cannot be told."""
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One `wx:cdc` entry on its way out: its JSON body and the row position it bridges."""
+
+    action: str
+    payload: str
+    cursor: Watermark | None
+
+    @classmethod
+    def of(cls, event: StreamEvent) -> _Entry:
+        position = row_cursor(event.row)
+        return cls(
+            event.action, event.to_json(), None if position is None else Watermark(*position)
+        )
+
+
 class _CatchUpScan:
     """One catch-up in progress: a cursor over the rows changed since `start`, on a connection
     of its own, read a page at a time between rounds of live notifications."""
 
     def __init__(self, url: str, schema: str, start: Watermark, replay: bool) -> None:
+        self.schema = schema
         self.start = start
         self.replay = replay
         # Every row of the scan up to here has been written to the stream.
@@ -115,8 +136,8 @@ class _CatchUpScan:
             self.conn.close()
             raise
 
-    def fetch(self, limit: int) -> list[tuple[Watermark, dict]]:
-        return fetch_changed_rows(self.cursor, limit)
+    def fetch(self, limit: int) -> tuple[list[Watermark], dict[int, str]]:
+        return fetch_changed_rows(self.cursor, self.schema, limit)
 
     def close(self) -> None:
         try:
@@ -345,7 +366,7 @@ class CdcBridge:
                 " trigger)",
                 planned.contradicted,
             )
-        self._publish(planned.events)
+        self._publish([_Entry.of(event) for event in planned.events])
 
     def _hint(self, note: psycopg.Notify) -> ChangeHint | DeadLetter | None:
         """What a notification says changed: a row of our flowsheet, a dead letter, or None."""
@@ -380,28 +401,28 @@ class CdcBridge:
             self._catchup_due = True
         return DeadLetter(f"notify/{CDC_ERROR_CHANNEL}", None, payload, error.describe())
 
-    def _publish(self, events: Sequence[StreamEvent]) -> bool:
-        """XADD the events, then move the watermark; on a Redis failure, arrange a catch-up."""
-        if not events:
+    def _publish(self, entries: Sequence[_Entry]) -> bool:
+        """XADD the entries, then move the watermark; on a Redis failure, arrange a catch-up."""
+        if not entries:
             return True
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for event in events:
+            for entry in entries:
                 pipe.xadd(
                     CDC_STREAM,
-                    event.fields(),  # type: ignore[arg-type]
+                    {PAYLOAD_FIELD: entry.payload},
                     maxlen=self.config.stream_maxlen,
                     approximate=True,
                 )
             pipe.execute()
         except _REDIS_DOWN as err:
-            self._unbridged(events, err)
+            self._unbridged(entries, err)
             return False
         if self._stream_added is not None:
-            self._stream_added += len(events)
-        for event in events:
-            self.metrics.events_bridged.labels(event.action).inc()
-        cursors = [Watermark(*c) for c in (row_cursor(e.row) for e in events) if c is not None]
+            self._stream_added += len(entries)
+        for action, count in Counter(e.action for e in entries).items():
+            self.metrics.events_bridged.labels(action).inc(count)
+        cursors = [e.cursor for e in entries if e.cursor is not None]
         if cursors:
             newest = max(cursors)
             if self._newest is None or newest > self._newest:
@@ -409,17 +430,17 @@ class CdcBridge:
             self._advance(newest)
         return True
 
-    def _unbridged(self, events: Sequence[StreamEvent], err: Exception) -> None:
-        cursors = [Watermark(*c) for c in (row_cursor(e.row) for e in events) if c is not None]
+    def _unbridged(self, entries: Sequence[_Entry], err: Exception) -> None:
+        cursors = [e.cursor for e in entries if e.cursor is not None]
         if cursors:
             self._lower_floor(min(cursors))
         self._catchup_due = True
         # A scan cannot find a deleted row again, so such a loss is at least on record.
-        deletes = [e for e in events if e.action == "DELETE"]
+        deletes = [e for e in entries if e.action == "DELETE"]
         log.warning(
             "redis unavailable (%s): %d events left for catch-up, %d deletes dead-lettered",
             err,
-            len(events) - len(deletes),
+            len(entries) - len(deletes),
             len(deletes),
         )
         if deletes:
@@ -427,7 +448,7 @@ class CdcBridge:
                 insert_dead_letters(
                     conn,
                     [
-                        DeadLetter(CDC_STREAM, None, e.to_json(), f"not bridged, redis down: {err}")
+                        DeadLetter(CDC_STREAM, None, e.payload, f"not bridged, redis down: {err}")
                         for e in deletes
                     ],
                 )
@@ -502,17 +523,21 @@ class CdcBridge:
     def _catch_up_page(self, stop: threading.Event) -> None:
         scan = self._scan
         assert scan is not None
-        page = scan.fetch(self.config.catchup_page)
+        positions, rows = scan.fetch(self.config.catchup_page)
         now_ms = _now_ms()
-        events = [StreamEvent("CATCHUP", row, None, now_ms, catchup=True) for _, row in page]
-        if not self._publish(events):
+        entries = [
+            _Entry("CATCHUP", catchup_entry_json(rows[p.flowsheet_id], now_ms), p)
+            for p in positions
+            if p.flowsheet_id in rows
+        ]
+        if not self._publish(entries):
             self._abandon_scan()
             stop.wait(1.0)  # Redis is down; the next attempt starts over from the floor
             return
-        scan.bridged += len(page)
-        if page:
-            scan.position = page[-1][0]
-        if len(page) == self.config.catchup_page:
+        scan.bridged += len(entries)
+        if positions:
+            scan.position = positions[-1]
+        if len(positions) == self.config.catchup_page:
             return
         self._scan = None
         scan.close()

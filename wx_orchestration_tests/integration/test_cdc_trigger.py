@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from wx_orchestration.devstack.station_rows import insert_artists, insert_library
 from wx_orchestration_tests.servers import STATION_SCHEMA
 
 CHANNELS = ("cdc", "cdc_oversized", "cdc_error")
@@ -290,18 +291,12 @@ def test_a_failing_payload_reports_cdc_error_and_the_write_still_succeeds(
 def test_library_and_artists_notify_too(
     writer: psycopg.Connection, listener: psycopg.Connection, table: str
 ) -> None:
-    artist = writer.execute(
-        "INSERT INTO artists (artist_name) VALUES ('Low') RETURNING id"
-    ).fetchone()
-    album = writer.execute(
-        "INSERT INTO library (artist_id, album_title) VALUES (%s, 'Things We Lost in the Fire')"
-        " RETURNING id",
-        (artist[0] if artist else None,),
-    ).fetchone()
+    (artist,) = insert_artists(writer, ["Low"])
+    (album,) = insert_library(
+        writer, [{"artist_id": artist, "album_title": "Things We Lost in the Fire"}]
+    )
     writer.commit()
-    assert artist is not None
-    assert album is not None
-    row_id = artist[0] if table == "artists" else album[0]
+    row_id = artist if table == "artists" else album
 
     payload = _await_one(listener, "cdc", "INSERT", row_id, table=table)
 

@@ -17,6 +17,7 @@ from wx_orchestration.contracts.lml import BulkLookupResponse, LookupItem
 from wx_orchestration.core.enrichment import LookupKey, RetryPolicy, lookup_item
 from wx_orchestration.db.enrichment import claim_backlog_batch, claim_rows_by_ids
 from wx_orchestration.devstack.lml_emulator import lookup_item as emulated_lookup
+from wx_orchestration.devstack.station_rows import insert_library
 from wx_orchestration.flows.enrichment import drain_backlog, enrich_claimed
 from wx_orchestration_tests.scripted_lml import ScriptedLml
 
@@ -52,11 +53,8 @@ def add_play(conn: psycopg.Connection, artist: str | None, **columns: Any) -> in
 
 
 def add_album(conn: psycopg.Connection, title: str = "Linked Album") -> int:
-    row = conn.execute(
-        "INSERT INTO library (artist_name, album_title) VALUES ('x', %s) RETURNING id", (title,)
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    (album_id,) = insert_library(conn, [{"artist_name": "x", "album_title": title}])
+    return album_id
 
 
 def flowsheet_row(conn: psycopg.Connection, flowsheet_id: int) -> dict[str, Any]:

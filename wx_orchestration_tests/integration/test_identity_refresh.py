@@ -12,6 +12,7 @@ from psycopg import sql
 from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.db.identity import Selection
 from wx_orchestration.defs.identity.refresh import LmlAuthError, RefreshOptions, refresh_shard
+from wx_orchestration.devstack.station_rows import insert_artists, library_defaults
 from wx_orchestration_tests.scripted_lml import ScriptedLml, echo_single_artist
 
 
@@ -27,8 +28,10 @@ def seed_library(
 ) -> list[int]:
     """Library rows with ids start_id.. (explicit ids make shard membership predictable)."""
     ids = list(range(start_id, start_id + count))
+    defaults = library_defaults(conn)
     for library_id in ids:
         values = {
+            **defaults,
             "id": library_id,
             "artist_name": f"Artist {library_id}",
             "album_title": f"Album {library_id}",
@@ -96,8 +99,7 @@ def test_single_artist_writes_main_and_source_rows(conn, fake) -> None:
 
 def test_request_body_uses_artists_fallback_and_skips_blank_artists(conn, fake) -> None:
     server, client = fake
-    artist = conn.execute("INSERT INTO artists (artist_name) VALUES ('Björk') RETURNING id")
-    artist_id = artist.fetchone()[0]  # type: ignore[index]
+    (artist_id,) = insert_artists(conn, ["Björk"])
     seed_library(conn, 1, start_id=16, artist_name=None, artist_id=artist_id)
     seed_library(conn, 1, start_id=32, artist_name="   ")
     seed_library(conn, 1, start_id=48, canonical_entity_id=None)

@@ -175,7 +175,10 @@ def test_custom_station_schema_name(fresh_database: str) -> None:
         mark = conn.execute("SELECT last_modified_at FROM station_x.flowsheet_watermark").fetchone()
         started = conn.execute("SELECT now()").fetchone()
     assert row == (True,)
-    assert mark == started
+    assert mark is not None
+    assert started is not None
+    # GREATEST(now(), last_modified_at + 1 s): the writer's statement moved it.
+    assert mark[0] >= started[0]
 
 
 def test_two_station_schemas_live_side_by_side(fresh_database: str) -> None:
@@ -205,3 +208,27 @@ def test_status_lists_pending_then_applied(fresh_database: str) -> None:
     assert all(applied_at is None for _, applied_at in pending)
     assert [name for name, _ in done] == _all_names()
     assert all(applied_at is not None for _, applied_at in done)
+
+
+def test_the_mirror_never_goes_over_the_stations_own_tables(
+    fresh_database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wx_orchestration.devstack.cli import main
+
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        # A database built by the station's own migrations: its flowsheet, not our mirror's.
+        conn.execute("CREATE SCHEMA wxyc_schema")
+        conn.execute("CREATE TABLE wxyc_schema.flowsheet (id serial PRIMARY KEY)")
+    monkeypatch.setenv("DATABASE_URL", fresh_database)
+    monkeypatch.delenv("WXYC_SCHEMA_NAME", raising=False)
+
+    assert main(["migrate", "--with-station-schema"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "already holds the station's tables" in err
+    assert "without --with-station-schema" in err
+    assert "wx_orchestration" not in _schemas(fresh_database) - {"public"} or not _records(
+        fresh_database
+    )
+    # Our own schema alone goes in as usual.
+    assert main(["migrate"]) == 0

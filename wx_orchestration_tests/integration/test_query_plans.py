@@ -57,9 +57,9 @@ def test_tick_queries_never_scan_the_whole_flowsheet(big_flowsheet: psycopg.Conn
             enrichment._PENDING_DAYS,
             {"tz": "America/New_York", "grace_s": 120, "limit": 3},
         ),
-        "backlog claim": plan(big_flowsheet, enrichment._CLAIM_BATCH, {**claim, "below_id": None}),
+        "backlog claim": plan(big_flowsheet, enrichment._PICK_BATCH, {**claim, "below_id": None}),
         "backlog claim, next batch": plan(
-            big_flowsheet, enrichment._CLAIM_BATCH, {**claim, "below_id": 59_000}
+            big_flowsheet, enrichment._PICK_BATCH, {**claim, "below_id": 59_000}
         ),
     }
     for name, text in plans.items():

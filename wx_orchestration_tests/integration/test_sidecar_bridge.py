@@ -98,14 +98,14 @@ def test_first_start_looks_back_and_then_follows_the_watermark(
     with connect(station_db) as conn:
         old, recent = insert_tracks(conn, 2)
         conn.execute(
-            sql.SQL("ALTER TABLE {} DISABLE TRIGGER flowsheet_bump_updated_at").format(FLOWSHEET)
+            sql.SQL("ALTER TABLE {} DISABLE TRIGGER bump_flowsheet_updated_at").format(FLOWSHEET)
         )
         conn.execute(
             sql.SQL("UPDATE {} SET updated_at = %s WHERE id = %s").format(FLOWSHEET),
             (datetime.now(UTC) - timedelta(hours=30), old),
         )
         conn.execute(
-            sql.SQL("ALTER TABLE {} ENABLE TRIGGER flowsheet_bump_updated_at").format(FLOWSHEET)
+            sql.SQL("ALTER TABLE {} ENABLE TRIGGER bump_flowsheet_updated_at").format(FLOWSHEET)
         )
         with running_sidecar(station_db, redis_url, ("bridge",)) as sidecar:
             wait_listening(sidecar)
@@ -239,10 +239,10 @@ def test_forged_notifications_publish_only_what_the_table_holds(
         assert all(e.metadata_status == "pending" for e in events)
         assert all(e.updated_at is not None and e.updated_at.year < 2099 for e in events)
         assert all(e.cdc_ts_ms is not None and e.cdc_ts_ms < 4_070_908_800_000 for e in events)
-        (saved,) = conn.execute(
+        saved = conn.execute(
             "SELECT updated_at <= now() FROM wx_orchestration.cdc_watermark"
         ).fetchone()
-        assert saved is True
+        assert saved == (True,)
 
 
 def test_a_watermark_ahead_of_the_clock_does_not_switch_off_catch_up(

@@ -982,11 +982,11 @@ class StationHarness:
         ids = []
         with self.connect() as conn:
             for n in range(count):
-                name, dj = SHOW_NAMES[n % len(SHOW_NAMES)]
+                name, _dj = SHOW_NAMES[n % len(SHOW_NAMES)]
+                # Production's shows have no dj_name; the DJ is on each flowsheet row.
                 row = conn.execute(
-                    "INSERT INTO shows (show_name, dj_name, start_time) VALUES (%s, %s, now()) "
-                    "RETURNING id",
-                    (name, dj),
+                    "INSERT INTO shows (show_name, start_time) VALUES (%s, now()) RETURNING id",
+                    (name,),
                 ).fetchone()
                 assert row is not None
                 ids.append(int(row[0]))

@@ -25,9 +25,13 @@ def test_rows_are_published_as_the_table_holds_them() -> None:
     assert planned.events[1].row["spotify_url"] == "https://open.spotify.com/album/x"
 
 
-def test_an_insert_already_claimed_is_an_update() -> None:
-    planned = events_from_hints([ChangeHint(1, "INSERT", None)], {1: _row(1, "enriching")}, NOW_MS)
-    assert [e.action for e in planned.events] == ["UPDATE"]
+def test_an_insert_read_after_its_enrichment_is_still_an_insert() -> None:
+    planned = events_from_hints(
+        [ChangeHint(1, "INSERT", None)], {1: _row(1, "enriched_match")}, NOW_MS
+    )
+    assert [(e.action, e.row["metadata_status"]) for e in planned.events] == [
+        ("INSERT", "enriched_match")
+    ]
 
 
 def test_several_hints_for_a_row_are_one_event_of_its_current_version() -> None:
@@ -66,3 +70,19 @@ def test_outage_backs_off_to_the_cap_and_reports_once() -> None:
     assert outage.recovered(20.0) == 20.0
     assert outage.recovered(21.0) is None
     assert outage.failed(22.0) == (0.1, True)
+
+
+def test_a_catch_up_entry_from_database_json_is_the_event_it_stands_for() -> None:
+    import json
+
+    from wx_orchestration.contracts.cdc import StreamEvent, catchup_entry_json
+    from wx_orchestration.core.events import decode_stream_entry
+
+    row = {"id": 9, "updated_at": "2026-12-04T16:00:00.123456+00:00", "metadata_status": "pending",
+           "artist_name": 'Zoë "Q" \u2603', "entry_type": "track"}  # fmt: skip
+    spliced = catchup_entry_json(json.dumps(row), NOW_MS)
+    built = StreamEvent("CATCHUP", row, None, NOW_MS, catchup=True).to_json()
+    assert json.loads(spliced) == json.loads(built)
+    assert decode_stream_entry("1-0", {b"payload": spliced.encode()}) == decode_stream_entry(
+        "1-0", {b"payload": built.encode()}
+    )

@@ -1,0 +1,57 @@
+"""Transactions that write `flowsheet`, paced to keep the station's Last-Modified honest.
+
+See `core.watermark_lead` for why. Our writers (sidecars, backlog runs, sweeps, in any number of
+processes) take one transaction-scoped advisory lock, read our own statements' watermark, write,
+and move it in the same transaction, so two of ours can never both take the same room. The
+station's own writers never take the lock, so they wait on nothing new. A wait happens between
+transactions: nothing is locked and no claim time is taken while we wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from wx_orchestration.core.watermark_lead import LeadPolicy
+from wx_orchestration.settings import flowsheet_max_lead_from_env
+
+_PACE_LOCK = int.from_bytes(
+    hashlib.sha256(b"wx_orchestration:flowsheet writes").digest()[:8], "big", signed=True
+)
+# Relative to the clock now, not to the transaction's start: the lock may have been waited for.
+_OWN_LEAD = """
+SELECT extract(epoch FROM greatest(next_at, clock_timestamp()) - clock_timestamp())::float8
+FROM wx_orchestration.flowsheet_write_pace
+"""
+_MOVE = """
+UPDATE wx_orchestration.flowsheet_write_pace
+SET next_at = greatest(next_at, clock_timestamp()) + make_interval(secs => %s)
+"""
+
+
+@contextmanager
+def flowsheet_transaction(
+    conn: psycopg.Connection, *, statements: int = 2, policy: LeadPolicy | None = None
+) -> Iterator[float]:
+    """A transaction on autocommit `conn` for at most `statements` statements that write
+    `flowsheet`, begun once our share of the watermark's lead leaves room for them. Yields the
+    seconds waited."""
+    if not conn.autocommit:
+        raise ValueError("flowsheet_transaction needs an autocommit connection")
+    policy = policy or LeadPolicy(max_lead_s=flowsheet_max_lead_from_env())
+    waited = 0.0
+    while True:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PACE_LOCK,))
+            row = conn.execute(_OWN_LEAD).fetchone()
+            wait = policy.wait_s(row[0] if row else 0.0, statements)
+            if wait <= 0:
+                yield waited
+                conn.execute(_MOVE, (float(statements),))
+                return
+        time.sleep(wait)
+        waited += wait
