@@ -351,17 +351,21 @@ class Subscription:
         self.send = send
         # Sent by the writer task, not here: a task cancelled before its first step would
         # leave a `send` coroutine never awaited.
-        self.writer = asyncio.create_task(
-            self._write_queued(send, self._open(send, opening, replay))
-        )
+        if replay is None:
+            # In one write with what queued meanwhile. Not counted against the limit: not lag.
+            self.pending.appendleft((None, opening))
+            self.writer = asyncio.create_task(self._write_queued(send))
+        else:
+            self.writer = asyncio.create_task(
+                self._write_queued(send, self._replay(send, opening, replay))
+            )
 
-    async def _open(self, send: Send, opening: bytes, replay: AsyncIterator[bytes] | None) -> None:
+    async def _replay(self, send: Send, opening: bytes, replay: AsyncIterator[bytes]) -> None:
         # A page at a time, as the client takes them: one that does not read holds one page,
         # however far back it asked to start. Live frames queue meanwhile (and count).
         await send(_body(opening))
-        if replay is not None:
-            async for page in replay:
-                await send(_body(page))
+        async for page in replay:
+            await send(_body(page))
 
     def offer(self, chunks: Sequence[Chunk], joined: bytes) -> None:
         """`joined`: the chunks' bytes in one piece, built once for every connection."""
