@@ -1,9 +1,11 @@
 """Stale-sweep policy (issue #6). Pure: no I/O, no Dagster.
 
-A claim older than the lease is presumed abandoned (its worker died or hung) and goes back to
-`pending`, counted as a failed attempt; at `max_attempts` the row is parked (`failed_no_retry`)
-with its reason. The lease must outlast the longest LML call a worker may be waiting on, or
-healthy claims would be taken from under their workers.
+A claim older than the lease goes back to `pending`, counted as an attempt. It is the row's
+fault (towards parking) only when its worker is gone: a worker that died on the row. A live one
+that lost its database connection and could not finalize in time is not the row's doing
+(`db.claim_locks` tells the two apart). At `max_attempts` faults the row is parked
+(`failed_no_retry`) with its reason. The lease must outlast the longest LML call a worker may be
+waiting on, or healthy claims would be taken from under their workers.
 """
 
 from __future__ import annotations
@@ -35,8 +37,15 @@ def check_lease(lease_s: float, lml_timeout_s: float, margin_s: float = LEASE_MA
         )
 
 
-def expired_claim_reason(lease_s: float, attempt: int) -> str:
-    return f"claim expired: still enriching after the {lease_s:g}s lease (attempt {attempt})"
+def claim_expiry_is_a_fault(*, worker_alive: bool) -> bool:
+    return not worker_alive
+
+
+def expired_claim_reason(lease_s: float, attempt: int, *, worker_alive: bool) -> str:
+    worker = "its worker alive but unable to finalize" if worker_alive else "its worker gone"
+    return (
+        f"claim expired: still enriching after the {lease_s:g}s lease, {worker} (attempt {attempt})"
+    )
 
 
 def age_bucket(age_s: float) -> str:

@@ -15,12 +15,19 @@ from datetime import datetime
 import psycopg
 
 from wx_orchestration.core.enrichment import RetryPolicy
-from wx_orchestration.core.sweep import AGE_BUCKETS, SweepReport, expired_claim_reason
+from wx_orchestration.core.sweep import (
+    AGE_BUCKETS,
+    SweepReport,
+    claim_expiry_is_a_fault,
+    expired_claim_reason,
+)
+from wx_orchestration.db.claim_locks import CLAIM_HELD
 from wx_orchestration.db.enrichment import Release, release_rows
 from wx_orchestration.db.paced_writes import flowsheet_transaction
 
-_STALE_CLAIMS = """
-SELECT f.id, f.enriching_since, COALESCE(a.attempts, 0), COALESCE(a.faults, 0)
+_STALE_CLAIMS = f"""
+SELECT f.id, f.enriching_since, COALESCE(a.attempts, 0), COALESCE(a.faults, 0),
+       {CLAIM_HELD} AS worker_alive
 FROM flowsheet AS f
 LEFT JOIN wx_orchestration.enrichment_attempts AS a ON a.flowsheet_id = f.id
 WHERE f.metadata_status = 'enriching'
@@ -67,17 +74,19 @@ def expire_stale_claims(
         if not stale:
             return report
         releases = []
-        for flowsheet_id, enriching_since, attempts, faults in stale:
-            # Claims are never held through budget waits past the lease (README), so an
-            # expired one means its worker died on this row: the row's own failure.
+        for flowsheet_id, enriching_since, attempts, faults, worker_alive in stale:
+            # Claims are never held through budget waits past the lease (README): an expired
+            # one was abandoned by a worker that died on this row (the row's own failure), or
+            # left by a live one that could not reach the database to finalize it (not).
+            fault = claim_expiry_is_a_fault(worker_alive=worker_alive)
             releases.append(
                 Release(
                     flowsheet_id=flowsheet_id,
                     enriching_since=enriching_since,
-                    error=expired_claim_reason(lease_s, attempts + 1),
+                    error=expired_claim_reason(lease_s, attempts + 1, worker_alive=worker_alive),
                     delay_s=policy.delay_s(attempts + 1, rng),
-                    park=policy.parks(faults + 1, row_fault=True),
-                    fault=True,
+                    park=policy.parks(faults + 1, row_fault=fault),
+                    fault=fault,
                 )
             )
         with flowsheet_transaction(conn, statements=1):

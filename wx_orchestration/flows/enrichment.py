@@ -230,6 +230,10 @@ def enrich_claimed(
             written = finalize_rows(conn, plans)
             released = release_rows(conn, [release for release, _ in releases])
     except psycopg.Error as exc:
+        if conn.broken:
+            # The connection is gone, not the values: no row's fault, and row by row would
+            # fail the same. The caller may finalize again on a new connection.
+            raise
         # One row's values rejected by the database must not strand the whole batch
         # `enriching`: redo row by row, and give back whichever still fails, as its own fault.
         log.warning("set-based finalize failed (%s); redoing row by row", exc.sqlstate)

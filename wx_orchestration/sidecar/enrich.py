@@ -25,6 +25,7 @@ Env (beyond `Settings`): `WX_ENRICH_CACHE_TTL_S` (default 3600), how long a verd
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -38,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from wx_orchestration.clients.lml import LmlClient, LmlError
 from wx_orchestration.clients.lml_budget import BudgetedLml, BudgetWaitTimeout, LmlBudget
@@ -51,8 +52,11 @@ from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry, ef
 from wx_orchestration.db.enrichment import claim_rows_by_ids
 from wx_orchestration.flows.enrichment import EnrichmentOutcome, VerdictCache, enrich_claimed
 from wx_orchestration.settings import env_float, env_int
+from wx_orchestration.sidecar.claims import ClaimLocks
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
+
+log = logging.getLogger("wx_orchestration.sidecar.enrich")
 
 LANE = "live"
 DEFAULT_CACHE_TTL_S = 3600.0
@@ -66,6 +70,11 @@ BUDGET_POLL_S = 0.25
 # (60 s by default) could count the wait as the row's failure. Must stay below the lease minus
 # LML_TIMEOUT_S.
 DEFAULT_MAX_BUDGET_WAIT_S = 30.0
+# A finalize whose connection is cut is tried again this many times on new ones, after 0.5, 1
+# and 2 s: a blip or a server restart is over by then, and the claims stay well within the lease.
+FINALIZE_RETRIES = 3
+FINALIZE_RETRY_S = 0.5
+FINALIZE_CONNECT_TIMEOUT_S = 5.0
 # How soon the role notices `stop` while its consumers run.
 _HALT_POLL_S = 0.2
 
@@ -177,6 +186,7 @@ class EnrichRole:
             os.environ, "WX_ENRICH_MAX_BUDGET_WAIT_S", DEFAULT_MAX_BUDGET_WAIT_S, minimum=1
         )
         self.cache = LookupCache(client, ttl_s)
+        self.claim_locks = ClaimLocks(settings.database_url)
         self.metrics = EnrichMetrics(ctx.metrics.registry)
         self.budget_waits = BudgetWaits(self.budget)
         ctx.metrics.registry.register(self.budget_waits)
@@ -245,6 +255,7 @@ class EnrichRole:
                 thread.join()
             if stop.is_set():
                 self.lml_client.close()
+                self.claim_locks.close()
         if failed:
             raise failed[0]
 
@@ -287,7 +298,12 @@ class EnrichRole:
             self.metrics.not_claimed.inc(len(ids) - len(claimed))
             if not claimed:
                 return None
-            outcome = self._enrich_claimed(conn, claimed)
+            held = [row.flowsheet_id for row in claimed]
+            self.claim_locks.hold(held)
+            try:
+                outcome = self._enrich_claimed(conn, claimed)
+            finally:
+                self.claim_locks.done(held)
         self.metrics.count(outcome)
         return outcome
 
@@ -301,12 +317,48 @@ class EnrichRole:
         verdicts = VerdictCache()
         for key, verdict in shared.items():
             verdicts.put(key, verdict)
-        outcome = enrich_claimed(
-            conn, self.lml, claimed, around_call=self._call_in_budget, cache=verdicts
-        )
+        outcome = self._finalized(conn, claimed, verdicts)
         fresh = {key: v for key in keys - shared.keys() if (v := verdicts.get(key)) is not None}
         self.cache.put_many(fresh)
         return outcome
+
+    def _finalized(
+        self, conn: psycopg.Connection, claimed: Sequence[ClaimedRow], verdicts: VerdictCache
+    ) -> EnrichmentOutcome:
+        """`enrich_claimed`, done again on a new connection when its own is cut (a network
+        blip, a restarted server, an operator's pg_terminate_backend): the claims are still
+        ours, and the verdicts already in `verdicts` cost no second LML call (a retry looks up
+        again only what LML did not answer). Only a database out of reach for every retry leaves
+        the rows claimed, held (`ClaimLocks.gave_up`) so the sweep knows their worker lives."""
+        used, attempt = conn, 0
+        while True:
+            try:
+                if attempt == 0:
+                    return enrich_claimed(
+                        conn, self.lml, claimed, around_call=self._call_in_budget, cache=verdicts
+                    )
+                with self._connection(timeout=FINALIZE_CONNECT_TIMEOUT_S) as used:
+                    return enrich_claimed(
+                        used, self.lml, claimed, around_call=self._call_in_budget, cache=verdicts
+                    )
+            except psycopg.OperationalError as err:
+                lost = isinstance(err, PoolTimeout) or used.closed or used.broken
+                if not lost or attempt == FINALIZE_RETRIES:
+                    if lost:
+                        self.claim_locks.gave_up([row.flowsheet_id for row in claimed])
+                    raise
+                delay = FINALIZE_RETRY_S * 2**attempt
+                log.warning(
+                    "database connection lost finalizing %d claimed rows (%s); retrying on a new"
+                    " one in %.1fs",
+                    len(claimed),
+                    type(err).__name__,
+                    delay,
+                )
+                self._stop.wait(delay)
+                # Whatever cut this one likely cut the idle ones too: replace them first.
+                self.pool.check()
+                attempt += 1
 
     def _call_in_budget(
         self, call: Callable[[], BulkLookupResponse], _items: int
@@ -338,16 +390,17 @@ class EnrichRole:
                     ) from None
 
     @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
+    def _connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
         """A pooled autocommit connection on the station schema (what the flow needs): the
         claim commits at once and no transaction is held across the LML call."""
-        with self.pool.connection() as conn:
+        with self.pool.connection(timeout=timeout) as conn:
             conn.autocommit = True
             try:
                 conn.execute(self.search_path)
                 yield conn
             finally:
-                conn.autocommit = False
+                if not conn.closed:  # a cut one goes back to the pool only to be discarded
+                    conn.autocommit = False
 
 
 def build(ctx: SidecarContext) -> EnrichRole:

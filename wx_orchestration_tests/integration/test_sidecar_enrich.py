@@ -28,6 +28,7 @@ from wx_orchestration.clients.lookup_cache import KEY_PREFIX, LookupCache
 from wx_orchestration.contracts.cdc import CDC_STREAM, ENRICHMENT_GROUP, StreamAction, StreamEvent
 from wx_orchestration.core.enrichment import LookupKey, Verdict
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
+from wx_orchestration.db.claim_locks import CLAIM_HELD
 from wx_orchestration.db.pool import close_shared_pools
 from wx_orchestration.devstack.lml_emulator import EmulatorHandle
 from wx_orchestration.flows.enrichment import drain_backlog
@@ -284,6 +285,50 @@ def attempts(conn: psycopg.Connection, rows: list[dict[str, Any]]) -> int:
     ).fetchone()
     assert found is not None
     return found[0]
+
+
+def test_a_finalize_whose_connection_is_cut_is_done_on_a_new_one(
+    make_role: Callable[..., EnrichRole],
+    conn: psycopg.Connection,
+    client: redis.Redis,
+    lml_emulator: EmulatorHandle,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Slow enough an answer to cut the connection the claim was made on while LML thinks.
+    lml_emulator.set_faults(latency_ms=1500)
+    role = make_role()
+    row = add_play(conn, "Stereolab")
+    with caplog.at_level(logging.WARNING), running_role(role):
+        bridge(client, row)
+        poll(lambda: status(conn, row["id"]) == "enriching", what="the claim")
+        poll(lambda: claim_locked(conn, row["id"]), what="the claim's lock")
+        # Every connection of the role's pool, as a network cut would (its claim locks live on
+        # a connection of their own, which the cut spares here).
+        cut = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend' AND application_name <> %s",
+            ("wx-sidecar claim locks",),
+        ).fetchall()
+        assert cut
+        assert all(killed for (killed,) in cut)
+        poll(lambda: status(conn, row["id"]) in TERMINAL, what="the play finalized")
+        poll(lambda: unacked(client) == 0, what="the batch acknowledged")
+    assert calls_sent(lml_emulator) == 1  # the verdict in hand was not asked for again
+    assert outcomes(role)["error"] == 0
+    assert any("database connection lost finalizing 1 claimed rows" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    assert not claim_locked(conn, row["id"])
+
+
+def claim_locked(conn: psycopg.Connection, flowsheet_id: int) -> bool:
+    """Whether a live session holds the claim lock of the row, as the stale sweep sees it."""
+    held = conn.execute(
+        f"SELECT {CLAIM_HELD} FROM flowsheet AS f WHERE f.id = %s",
+        (flowsheet_id,),
+    ).fetchone()
+    assert held is not None
+    return held[0]
 
 
 def test_a_degraded_lml_leaves_the_row_pending_and_caches_nothing(

@@ -18,6 +18,7 @@ from wx_orchestration.db.sweeps import count_missed_pending, expire_stale_claims
 from wx_orchestration.defs.resources import LmlResource, PostgresResource, RedisResource
 from wx_orchestration.defs.sweeps import checks
 from wx_orchestration.defs.sweeps.jobs import requeue_parked_job, stale_sweep_job
+from wx_orchestration.sidecar.claims import ClaimLocks
 
 LEASE = 60.0
 
@@ -122,6 +123,44 @@ def test_attempts_accumulate_and_park_at_the_cap_with_the_reason(conn) -> None:
     assert report.parked == 1
     assert status_of(conn, row_id) == "failed_no_retry"
     assert "claim expired" in attempts_of(conn, row_id)[2]  # type: ignore[index]
+
+
+def faults_of(conn: psycopg.Connection, flowsheet_id: int) -> tuple[int, str, str | None]:
+    row = conn.execute(
+        "SELECT faults, last_error, parked_reason FROM enrichment_attempts WHERE flowsheet_id = %s",
+        (flowsheet_id,),
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def test_an_expired_claim_is_the_rows_fault_only_when_its_worker_is_gone(
+    conn: psycopg.Connection, station_db: str
+) -> None:
+    stranded = play(conn, status="enriching", claimed_ago_s=LEASE + 5)
+    abandoned = play(conn, status="enriching", claimed_ago_s=LEASE + 5)
+    # A live worker that could not finalize (its database out of reach) still holds its claim;
+    # the worker of the other died, and its session with it.
+    live_worker, dead_worker = ClaimLocks(station_db), ClaimLocks(station_db)
+    live_worker.hold([stranded])
+    live_worker.gave_up([stranded])
+    live_worker.done([stranded])
+    dead_worker.hold([abandoned])
+    dead_worker.close()
+    try:
+        report = sweep(conn, RetryPolicy(max_attempts=1))
+    finally:
+        live_worker.close()
+    assert (report.reset, report.parked) == (1, 1)
+    assert status_of(conn, stranded) == "pending"
+    faults, reason, parked = faults_of(conn, stranded)
+    assert (faults, parked) == (0, None)
+    assert "its worker alive but unable to finalize" in reason
+    assert status_of(conn, abandoned) == "failed_no_retry"
+    faults, reason, parked = faults_of(conn, abandoned)
+    assert faults == 1
+    assert "its worker gone" in reason
+    assert parked == reason
 
 
 def test_backoff_is_bounded_and_jittered() -> None:
