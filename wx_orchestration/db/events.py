@@ -269,45 +269,37 @@ def logged_through(
 
 
 def open_changed_rows(
-    conn: psycopg.Connection, schema: str, after: Watermark
+    conn: psycopg.Connection, schema: str, since: datetime
 ) -> psycopg.ServerCursor:
-    """A server-side cursor over the positions of flowsheet rows past `after`, in (`updated_at`,
-    `id`) order.
+    """A server-side cursor over flowsheet rows changed at or after `since`, in `updated_at`
+    order, each as JSON text.
 
     Production indexes `updated_at` alone (DESC), and one bulk UPDATE gives thousands of rows
-    the same `updated_at`: a keyset page over (`updated_at`, `id`) would sort that whole tie block
-    again for every page (100,000 tied rows took 96 s). One cursor sorts each block once,
-    however the rows are paged out of it; it carries only the two keys, since whatever the
-    select list holds is computed for every row before the sort. The row comparison is only a
-    filter; `updated_at >=` is what reaches the index. The cursor needs the connection's
-    transaction: the caller keeps `conn` to itself until the scan is done.
+    the same `updated_at`. A keyset page over (`updated_at`, `id`) sorts that whole tie block
+    again for every page (100,000 tied rows took 96 s); ordered by `updated_at` alone, one cursor
+    walks the index once and sorts nothing, and rows are rendered only as they are fetched. Rows
+    sharing an `updated_at` come in no particular order, so a reader knows only that every row
+    before the current `updated_at` has been read. `row_to_json` renders the same values as the
+    trigger's `to_jsonb` in half the time (key order and spacing differ). The cursor needs the
+    connection's transaction: the caller keeps `conn` to itself until the scan is done.
     """
     query = sql.SQL(
         """
-        SELECT f.updated_at, f.id
+        SELECT f.updated_at, f.id, row_to_json(f)::text
         FROM {}.flowsheet AS f
-        WHERE f.updated_at >= %s AND (f.updated_at, f.id) > (%s, %s)
-        ORDER BY f.updated_at, f.id
+        WHERE f.updated_at >= %s
+        ORDER BY f.updated_at
         """
     ).format(sql.Identifier(schema))
     cursor = conn.cursor(name="wx_cdc_catch_up")
-    cursor.execute(query, (after.updated_at, after.updated_at, after.flowsheet_id))
+    cursor.execute(query, (since,))
     return cursor
 
 
-def fetch_changed_rows(
-    cursor: psycopg.ServerCursor, schema: str, limit: int
-) -> tuple[list[Watermark], dict[int, str]]:
-    """The next `limit` positions of `cursor`, and the rows at them as JSON text, as `to_jsonb`
-    renders them now (a row deleted since is absent: its DELETE is notified)."""
-    positions = [Watermark(updated_at, row_id) for updated_at, row_id in cursor.fetchmany(limit)]
-    if not positions:
-        return positions, {}
-    query = sql.SQL(
-        "SELECT f.id, to_jsonb(f)::text FROM {}.flowsheet AS f WHERE f.id = ANY(%s)"
-    ).format(sql.Identifier(schema))
-    conn = cursor.connection
-    return positions, dict(conn.execute(query, ([p.flowsheet_id for p in positions],)).fetchall())
+def fetch_changed_rows(cursor: psycopg.ServerCursor, limit: int) -> list[tuple[Watermark, str]]:
+    return [
+        (Watermark(updated_at, row_id), row) for updated_at, row_id, row in cursor.fetchmany(limit)
+    ]
 
 
 def read_flowsheet_rows(

@@ -38,6 +38,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -85,6 +86,16 @@ from wx_orchestration.sidecar.sentry import report_cdc_error
 log = logging.getLogger("wx_orchestration.sidecar.bridge")
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+# Every entry of a batch in one command: a pipeline of XADDs costs twice as much per entry,
+# mostly in packing each command, which bounds how fast a catch-up can move a tie block.
+_XADD_ALL = """
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[i])
+end
+return #ARGV - 2
+"""
+# While a catch-up runs, the watermark is saved at most this often.
+_SCAN_SAVE_EVERY_S = 1.0
 # How long one wait for notifications may last, so that pings and `stop` are noticed.
 _POLL_S = 0.25
 
@@ -121,25 +132,36 @@ class _CatchUpScan:
     """One catch-up in progress: a cursor over the rows changed since `start`, on a connection
     of its own, read a page at a time between rounds of live notifications."""
 
-    def __init__(self, url: str, schema: str, start: Watermark, replay: bool) -> None:
-        self.schema = schema
+    def __init__(
+        self, url: str, schema: str, start: Watermark, replay: bool, page_size: int
+    ) -> None:
         self.start = start
+        self.page_size = page_size
         self.replay = replay
-        # Every row of the scan up to here has been written to the stream.
-        self.position = start
+        # Every row of the scan before here has been written to the stream (rows sharing an
+        # `updated_at` come in no order, so the position is a time: `flowsheet_id` 0).
+        self.position = Watermark(start.updated_at, 0)
         self.bridged = 0
         self.conn = psycopg.connect(url, application_name="wx-sidecar bridge catch-up")
         try:
             self.conn.execute("SET TRANSACTION READ ONLY")
-            self.cursor = open_changed_rows(self.conn, schema, start)
+            self.cursor = open_changed_rows(self.conn, schema, start.updated_at)
         except BaseException:
             self.conn.close()
             raise
+        # The next page is read while the current one is written to Redis: the two waits
+        # overlap, and a catch-up takes the longer of them rather than their sum.
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="wx-catch-up")
+        self._next = self._reader.submit(fetch_changed_rows, self.cursor, page_size)
 
-    def fetch(self, limit: int) -> tuple[list[Watermark], dict[int, str]]:
-        return fetch_changed_rows(self.cursor, self.schema, limit)
+    def fetch(self) -> list[tuple[Watermark, str]]:
+        page = self._next.result()
+        if len(page) == self.page_size:
+            self._next = self._reader.submit(fetch_changed_rows, self.cursor, self.page_size)
+        return page
 
     def close(self) -> None:
+        self._reader.shutdown(wait=True, cancel_futures=True)
         try:
             self.conn.close()
         except psycopg.Error as err:  # closing a broken connection
@@ -157,6 +179,7 @@ class CdcBridge:
         self.schema = ctx.settings.station_schema
         self.pool = ctx.pool()
         self.redis = ctx.redis()
+        self._xadd_all = self.redis.register_script(_XADD_ALL)
         self.watermark_name = cdc_source(self.schema)
         digest = hashlib.sha256(f"wx_cdc_bridge:{self.schema}".encode()).digest()
         self.lock_key = int.from_bytes(digest[:8], "big", signed=True)
@@ -175,6 +198,7 @@ class CdcBridge:
         self._stream_added: int | None = None
         # The value the watermark's row holds, so that a change of it alone is saved too.
         self._saved_added: int | None = None
+        self._saved_at = 0.0
         # A first look counts a missing or empty stream as lost even when no count was saved.
         self._first_look = True
         # The stream was lost: the next catch-up replays what its consumers had not finished.
@@ -406,15 +430,10 @@ class CdcBridge:
         if not entries:
             return True
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for entry in entries:
-                pipe.xadd(
-                    CDC_STREAM,
-                    {PAYLOAD_FIELD: entry.payload},
-                    maxlen=self.config.stream_maxlen,
-                    approximate=True,
-                )
-            pipe.execute()
+            self._xadd_all(
+                keys=[CDC_STREAM],
+                args=[self.config.stream_maxlen, PAYLOAD_FIELD, *(e.payload for e in entries)],
+            )
         except _REDIS_DOWN as err:
             self._unbridged(entries, err)
             return False
@@ -473,8 +492,14 @@ class CdcBridge:
         added = None if replaying else self._stream_added
         if not moved and added in (None, self._saved_added):
             return
+        now = time.monotonic()
+        if self._scan is not None and now - self._saved_at < _SCAN_SAVE_EVERY_S:
+            # A commit per page was a fifth of a catch-up's time; a crash costs at most this
+            # much of it again (the stream absorbs the repeats), and the scan's end saves.
+            return
         with self.pool.connection() as conn:
             save_watermark(conn, self.watermark_name, mark, added)
+        self._saved_at = now
         if moved:
             self._watermark = mark
         if added is not None:
@@ -504,7 +529,7 @@ class CdcBridge:
             overlap = timedelta(seconds=self.config.catchup_overlap_s)
             start = Watermark(saved.updated_at - overlap, 0)
         if self._catchup_floor is not None and self._catchup_floor < start:
-            start = Watermark(self._catchup_floor.updated_at, self._catchup_floor.flowsheet_id - 1)
+            start = Watermark(self._catchup_floor.updated_at, 0)
         replay = self._replay_due and saved is not None
         if replay:
             start = min(start, self._replay_start())
@@ -514,7 +539,13 @@ class CdcBridge:
                 CDC_STREAM,
                 start.updated_at.isoformat(),
             )
-        self._scan = _CatchUpScan(self.url, self.schema, start, replay=self._replay_due)
+        self._scan = _CatchUpScan(
+            self.url,
+            self.schema,
+            start,
+            replay=self._replay_due,
+            page_size=self.config.catchup_page,
+        )
         # What a scan starting now misses (a cdc_error, a reconnect) asks for another one.
         self._catchup_due = False
         self._replay_due = False
@@ -523,21 +554,18 @@ class CdcBridge:
     def _catch_up_page(self, stop: threading.Event) -> None:
         scan = self._scan
         assert scan is not None
-        positions, rows = scan.fetch(self.config.catchup_page)
+        page = scan.fetch()
         now_ms = _now_ms()
-        entries = [
-            _Entry("CATCHUP", catchup_entry_json(rows[p.flowsheet_id], now_ms), p)
-            for p in positions
-            if p.flowsheet_id in rows
-        ]
+        if page:
+            # Set first: the watermark saved while publishing must not pass the block in hand.
+            scan.position = Watermark(page[-1][0].updated_at, 0)
+        entries = [_Entry("CATCHUP", catchup_entry_json(row, now_ms), p) for p, row in page]
         if not self._publish(entries):
             self._abandon_scan()
             stop.wait(1.0)  # Redis is down; the next attempt starts over from the floor
             return
         scan.bridged += len(entries)
-        if positions:
-            scan.position = positions[-1]
-        if len(positions) == self.config.catchup_page:
+        if len(page) == self.config.catchup_page:
             return
         self._scan = None
         scan.close()
@@ -558,7 +586,7 @@ class CdcBridge:
         if scan is None:
             return
         scan.close()
-        self._lower_floor(Watermark(scan.position.updated_at, scan.position.flowsheet_id + 1))
+        self._lower_floor(scan.position)
         self._catchup_due = True
         self._replay_due = self._replay_due or scan.replay
 
