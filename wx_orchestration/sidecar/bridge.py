@@ -104,6 +104,18 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _still_connected(conn: psycopg.Connection) -> bool:
+    """Whether `conn` still has its session (asked, not assumed: a cut one looks fine until
+    used)."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
 class LostLeadership(Exception):
     """The session holding the advisory lock is gone; another bridge may be active now."""
 
@@ -303,7 +315,7 @@ class CdcBridge:
                     self._catchup_due = True
                     self._listen(listen, lock_conn, stop)
             except psycopg.OperationalError as err:
-                if lock_conn.closed or lock_conn.broken:
+                if not _still_connected(lock_conn):
                     raise LostLeadership(str(err)) from err
                 self.listen_alive = False
                 self.metrics.listen_alive.set(0)

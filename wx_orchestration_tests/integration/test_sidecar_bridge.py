@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -16,6 +17,7 @@ from wx_orchestration_tests.integration.sidecar_support import (
     current_keys,
     dead_letters,
     insert_tracks,
+    listening_bridge,
     logged_keys,
     poll,
     running_sidecar,
@@ -261,3 +263,39 @@ def test_a_watermark_ahead_of_the_clock_does_not_switch_off_catch_up(
                 lambda: set(ids) <= {e.flowsheet_id for e in stream_events(client)},
                 what="the rows a 2099 watermark would have skipped",
             )
+
+
+def test_a_database_outage_is_one_warning_then_one_line_on_recovery(
+    station_db: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = station_db.rsplit("/", 1)[1]
+    admin_url = station_db.rsplit("/", 1)[0] + "/postgres"
+    with (
+        listening_bridge(station_db, redis_url) as sidecar,
+        psycopg.connect(admin_url, autocommit=True) as admin,
+    ):
+        (bridge,) = [role for role in sidecar.roles if role.name == "bridge"]
+        caplog.set_level("INFO", logger="wx_orchestration.sidecar.bridge")
+        caplog.clear()
+        # Nobody, superusers included, may connect: the outage, as the bridge sees it.
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
+            sql.Identifier(database)))  # fmt: skip
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+            poll(lambda: bridge.readiness()[0] is False, what="the bridge to notice")
+            outage_started = time.monotonic()
+            while time.monotonic() - outage_started < 3.0:
+                time.sleep(0.1)  # the outage lasts; the bridge retries meanwhile
+        finally:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+                sql.Identifier(database)))  # fmt: skip
+        poll(lambda: bridge.readiness() == (True, "leader, listening"), what="the recovery")
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        recovered = [r for r in caplog.records if "is back after" in r.getMessage()]
+    # One line when it started (the lock session or the LISTEN connection, whichever noticed
+    # first, and at most both), not ten a second for three seconds.
+    assert 1 <= len(warnings) <= 2, [r.getMessage() for r in warnings]
+    assert 1 <= len(recovered) <= 2

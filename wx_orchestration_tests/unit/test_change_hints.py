@@ -69,7 +69,10 @@ def test_outage_backs_off_to_the_cap_and_reports_once() -> None:
     assert max(delays) == 30.0
     assert outage.recovered(20.0) == 20.0
     assert outage.recovered(21.0) is None
-    assert outage.failed(22.0) == (0.1, True)
+    # Connections cut during the outage, found dead just after it: the same outage.
+    assert outage.failed(22.0) == (0.1, False)
+    assert outage.recovered(22.5) == 0.5
+    assert outage.failed(40.0) == (0.1, True)
 
 
 def test_a_catch_up_entry_from_database_json_is_the_event_it_stands_for() -> None:
