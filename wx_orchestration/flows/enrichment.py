@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -245,6 +246,69 @@ def enrich_claimed(
     return outcome
 
 
+# A finalize whose connection is cut is tried again on new ones, after 0.5, 1 and 2 s: a blip
+# or a server restart is over by then, and the claims stay well within the sweep's lease.
+FINALIZE_RETRIES = 3
+FINALIZE_RETRY_S = 0.5
+
+Reconnect = Callable[[], AbstractContextManager[psycopg.Connection]]
+
+
+class ConnectionLost(Exception):
+    """Every connection a finalize was tried on was cut: the rows stay claimed."""
+
+
+def enrich_claimed_reconnecting(
+    conn: psycopg.Connection,
+    reconnect: Reconnect,
+    lml: BulkLookup,
+    claimed: Sequence[ClaimedRow],
+    *,
+    cache: VerdictCache,
+    around_call: LmlCallHook | None = None,
+    policy: RetryPolicy | None = None,
+    stats: LmlCallRecorder | None = None,
+    wait: Callable[[float], object] = time.sleep,
+) -> EnrichmentOutcome:
+    """`enrich_claimed`, done again on a connection from `reconnect` when its own is cut (a
+    network blip, a restarted server, an operator's pg_terminate_backend): the claims are still
+    ours, and the verdicts already in `cache` cost no second LML call (a retry looks up again
+    only what LML did not give a verdict on). A finalize that had committed before the cut
+    finds its rows no longer claimed the second time (counted raced), never written twice."""
+    used, attempt = conn, 0
+    while True:
+        try:
+            if attempt == 0:
+                return enrich_claimed(
+                    conn, lml, claimed, around_call=around_call, policy=policy, cache=cache,
+                    stats=stats,
+                )  # fmt: skip
+            # A failing `reconnect` leaves `used` the cut connection: counted as lost too.
+            with reconnect() as used:
+                return enrich_claimed(
+                    used, lml, claimed, around_call=around_call, policy=policy, cache=cache,
+                    stats=stats,
+                )  # fmt: skip
+        except psycopg.OperationalError as err:
+            if not (used.closed or used.broken):
+                raise
+            if attempt == FINALIZE_RETRIES:
+                raise ConnectionLost(
+                    f"{len(claimed)} claimed rows left claimed: the database connection was cut"
+                    f" on every one of {FINALIZE_RETRIES + 1} tries ({err})"
+                ) from err
+            delay = FINALIZE_RETRY_S * 2**attempt
+            log.warning(
+                "database connection lost finalizing %d claimed rows (%s); retrying on a new one"
+                " in %.1fs",
+                len(claimed),
+                type(err).__name__,
+                delay,
+            )
+            wait(delay)
+            attempt += 1
+
+
 def _write_one_by_one(
     conn: psycopg.Connection,
     claimed: Sequence[ClaimedRow],
@@ -304,7 +368,7 @@ def _count(
             outcome.parked += release.park
 
 
-StopReason = Literal["drained", "time_budget", "lml_failure"]
+StopReason = Literal["drained", "time_budget", "lml_failure", "connection_lost"]
 
 
 @dataclass
@@ -335,11 +399,14 @@ def drain_backlog(
     policy: RetryPolicy | None = None,
     stats: LmlCallRecorder | None = None,
     progress: Callable[[str], None] = log.info,
+    reconnect: Reconnect | None = None,
 ) -> BacklogResult:
     """Claim and enrich rows added in [start, end), newest first, batch after batch (each below
     the previous one: a row released for a retry waits for the next run), until none
     is left, the time budget is spent (checked between batches, so a run stops cleanly with no
-    row left claimed) or a whole LML call failed (the sensor comes back after the backoff)."""
+    row left claimed) or a whole LML call failed (the sensor comes back after the backoff).
+    With `reconnect`, a batch whose finalize lost `conn` is finalized on a new connection, and
+    the run then stops (`connection_lost`)."""
     result = BacklogResult()
     cache = VerdictCache()
     began = time.perf_counter()
@@ -357,9 +424,16 @@ def drain_backlog(
             break
         below_id = min(row.flowsheet_id for row in claimed)
         result.batches += 1
-        batch = enrich_claimed(
-            conn, lml, claimed, around_call=around_call, policy=policy, cache=cache, stats=stats
-        )
+        if reconnect is None:
+            batch = enrich_claimed(
+                conn, lml, claimed, around_call=around_call, policy=policy, cache=cache,
+                stats=stats,
+            )  # fmt: skip
+        else:
+            batch = enrich_claimed_reconnecting(
+                conn, reconnect, lml, claimed, around_call=around_call, policy=policy,
+                cache=cache, stats=stats,
+            )  # fmt: skip
         result.outcome.add(batch)
         progress(
             f"batch {result.batches}: {len(claimed)} rows {batch.outcome_counts()}; "
@@ -367,6 +441,11 @@ def drain_backlog(
         )
         if batch.lml_failed:
             result.stopped = "lml_failure"
+            break
+        if conn.closed or conn.broken:
+            # The batch was finalized on a new connection; the run ends here (the sensor
+            # starts the next one) rather than claim on one that is gone.
+            result.stopped = "connection_lost"
             break
     result.elapsed_s = time.perf_counter() - began
     return result

@@ -25,7 +25,6 @@ Env (beyond `Settings`): `WX_ENRICH_CACHE_TTL_S` (default 3600), how long a verd
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -39,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 from psycopg import sql
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from wx_orchestration.clients.lml import LmlClient, LmlError
 from wx_orchestration.clients.lml_budget import BudgetedLml, BudgetWaitTimeout, LmlBudget
@@ -50,13 +49,16 @@ from wx_orchestration.core.budget import BudgetLimits
 from wx_orchestration.core.enrichment import Candidate, ClaimedRow, enrichment_candidate
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry, effective_action
 from wx_orchestration.db.enrichment import claim_rows_by_ids
-from wx_orchestration.flows.enrichment import EnrichmentOutcome, VerdictCache, enrich_claimed
+from wx_orchestration.flows.enrichment import (
+    ConnectionLost,
+    EnrichmentOutcome,
+    VerdictCache,
+    enrich_claimed_reconnecting,
+)
 from wx_orchestration.settings import env_float, env_int
 from wx_orchestration.sidecar.claims import ClaimLocks
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
-
-log = logging.getLogger("wx_orchestration.sidecar.enrich")
 
 LANE = "live"
 DEFAULT_CACHE_TTL_S = 3600.0
@@ -70,10 +72,7 @@ BUDGET_POLL_S = 0.25
 # (60 s by default) could count the wait as the row's failure. Must stay below the lease minus
 # LML_TIMEOUT_S.
 DEFAULT_MAX_BUDGET_WAIT_S = 30.0
-# A finalize whose connection is cut is tried again this many times on new ones, after 0.5, 1
-# and 2 s: a blip or a server restart is over by then, and the claims stay well within the lease.
-FINALIZE_RETRIES = 3
-FINALIZE_RETRY_S = 0.5
+# The pool's default wait (30 s) would outlast the retries of a cut finalize.
 FINALIZE_CONNECT_TIMEOUT_S = 5.0
 # How soon the role notices `stop` while its consumers run.
 _HALT_POLL_S = 0.2
@@ -325,40 +324,26 @@ class EnrichRole:
     def _finalized(
         self, conn: psycopg.Connection, claimed: Sequence[ClaimedRow], verdicts: VerdictCache
     ) -> EnrichmentOutcome:
-        """`enrich_claimed`, done again on a new connection when its own is cut (a network
-        blip, a restarted server, an operator's pg_terminate_backend): the claims are still
-        ours, and the verdicts already in `verdicts` cost no second LML call (a retry looks up
-        again only what LML did not answer). Only a database out of reach for every retry leaves
-        the rows claimed, held (`ClaimLocks.gave_up`) so the sweep knows their worker lives."""
-        used, attempt = conn, 0
-        while True:
-            try:
-                if attempt == 0:
-                    return enrich_claimed(
-                        conn, self.lml, claimed, around_call=self._call_in_budget, cache=verdicts
-                    )
-                with self._connection(timeout=FINALIZE_CONNECT_TIMEOUT_S) as used:
-                    return enrich_claimed(
-                        used, self.lml, claimed, around_call=self._call_in_budget, cache=verdicts
-                    )
-            except psycopg.OperationalError as err:
-                lost = isinstance(err, PoolTimeout) or used.closed or used.broken
-                if not lost or attempt == FINALIZE_RETRIES:
-                    if lost:
-                        self.claim_locks.gave_up([row.flowsheet_id for row in claimed])
-                    raise
-                delay = FINALIZE_RETRY_S * 2**attempt
-                log.warning(
-                    "database connection lost finalizing %d claimed rows (%s); retrying on a new"
-                    " one in %.1fs",
-                    len(claimed),
-                    type(err).__name__,
-                    delay,
-                )
-                self._stop.wait(delay)
-                # Whatever cut this one likely cut the idle ones too: replace them first.
-                self.pool.check()
-                attempt += 1
+        """Finalized on a new connection if this one is cut; if every one is, the rows stay
+        claimed and held (`ClaimLocks.gave_up`) so the sweep knows their worker lives."""
+        try:
+            return enrich_claimed_reconnecting(
+                conn,
+                lambda: self._connection(timeout=FINALIZE_CONNECT_TIMEOUT_S),
+                self.lml,
+                claimed,
+                cache=verdicts,
+                around_call=self._call_in_budget,
+                wait=self._before_reconnecting,
+            )
+        except ConnectionLost:
+            self.claim_locks.gave_up([row.flowsheet_id for row in claimed])
+            raise
+
+    def _before_reconnecting(self, delay_s: float) -> None:
+        self._stop.wait(delay_s)
+        # Whatever cut the connection likely cut the idle ones too: replace them first.
+        self.pool.check()
 
     def _call_in_budget(
         self, call: Callable[[], BulkLookupResponse], _items: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -464,3 +465,41 @@ def test_a_row_the_database_rejects_is_given_back_and_the_rest_finalized(
     assert flowsheet_row(conn, linked)["metadata_status"] == "pending"
     assert all(flowsheet_row(conn, i)["metadata_status"] == "enriched_match" for i in others)
     assert "finalize rejected" in (attempts(conn, linked) or {}).get("last_error", "")
+
+
+def test_a_backlog_finalize_whose_connection_is_cut_is_done_on_a_new_one(
+    station_db: str, conn: psycopg.Connection, lml_emulator: Any, lml_client: LmlClient
+) -> None:
+    ids = [add_play(conn, f"Artist {n}") for n in range(5)]
+    reconnected: list[int] = []
+
+    @contextmanager
+    def reconnect() -> Iterator[psycopg.Connection]:
+        with psycopg.connect(station_db, autocommit=True) as fresh:
+            fresh.execute(f"SET search_path TO {SCHEMA}, wx_orchestration")
+            reconnected.append(fresh.info.backend_pid)
+            yield fresh
+
+    with psycopg.connect(station_db, autocommit=True) as run_conn:
+        run_conn.execute(f"SET search_path TO {SCHEMA}, wx_orchestration")
+
+        def cut_during_the_call(call: Callable[[], BulkLookupResponse], _items: int) -> Any:
+            # From another connection, while the claim is in hand and LML is being asked.
+            conn.execute("SELECT pg_terminate_backend(%s)", (run_conn.info.backend_pid,))
+            return call()
+
+        result = drain_backlog(
+            run_conn, lml_client, start=DAY_START, end=DAY_END, grace_s=0, batch_size=10,
+            time_budget_s=30, around_call=cut_during_the_call, reconnect=reconnect,
+        )  # fmt: skip
+    assert result.stopped == "connection_lost", result
+    assert len(reconnected) == 1
+    outcome = result.outcome
+    assert (outcome.match + outcome.no_match, outcome.error, outcome.raced) == (5, 0, 0), result
+    assert len(lookups_sent(lml_emulator)) == 1  # the verdicts in hand were not asked again
+    for flowsheet_id in ids:
+        assert flowsheet_row(conn, flowsheet_id)["metadata_status"] in (
+            "enriched_match",
+            "enriched_no_match",
+        )
+        assert attempts(conn, flowsheet_id) is None  # nothing counted against the rows

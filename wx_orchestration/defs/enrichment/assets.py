@@ -91,6 +91,7 @@ def flowsheet_enrichment(
                 batch_size=config.batch_size,
                 time_budget_s=config.time_budget_s,
                 progress=context.log.info,
+                reconnect=lambda: postgres.connection(autocommit=True),
             )
         except LmlError as exc:
             # Only an auth error escapes drain_backlog; its rows were released first.
