@@ -1,28 +1,37 @@
-"""Flowsheet enrichment: claim, finalize and a whole backlog drain (issue #5).
+"""Flowsheet enrichment: claim, finalize and a whole backlog drain (issues #5 and #13).
 
 Claim and finalize are each measured against their naive form (one statement per row, each its
 own transaction) in the same run, on the same table with the station's triggers (CDC notify per
 row, watermark per statement). The drain enriches every pending row of one day against the
-zero-latency LML emulator and splits the wall time into claim, LML, write and the rest.
+zero-latency LML emulator through the shared budget at `--rate` calls a second (the backlog's
+lane gets half), with our flowsheet writes paced (WX_FLOWSHEET_MAX_LEAD_S, default 5 s); it
+splits the wall time into claim, LML, write and the rest, and samples how far the station's
+`flowsheet_watermark` stood ahead of the clock. Batches are sized as the asset sizes them.
 
     python -m bench enrichment [--rows 100000] [--claim-rows 50000] [--baseline-rows 5000]
+                               [--rate 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import redis
 from psycopg import sql
 
-from bench.common import bench_database, copy_plays, station_connection
+from bench.common import WatermarkLead, bench_database, bench_redis, copy_plays, station_connection
 from wx_orchestration.clients.lml import LmlClient
-from wx_orchestration.contracts.lml import Artwork
+from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
+from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS, Artwork
+from wx_orchestration.core.budget import BudgetLimits
 from wx_orchestration.core.enrichment import ClaimedRow, FinalizePlan, Verdict, finalize_plan
+from wx_orchestration.core.watermark_lead import MAX_BACKLOG_BATCH_CALLS, backlog_batch_rows
 from wx_orchestration.db.enrichment import claim_backlog_batch, finalize_rows
 from wx_orchestration.devstack.lml_emulator import start_in_thread
 from wx_orchestration.flows.enrichment import drain_backlog
@@ -30,6 +39,7 @@ from wx_orchestration.flows.enrichment import drain_backlog
 DAY_START = datetime(2024, 3, 10, 5, 0, tzinfo=UTC)
 DAY_END = DAY_START + timedelta(days=1)
 BATCH = 500
+MAX_LEAD_ENV = "WX_FLOWSHEET_MAX_LEAD_S"
 # Plays repeat: this many distinct (artist, album, track) across the seeded rows.
 DISTINCT_PLAYS = 30_000
 ARTWORK = Artwork(
@@ -239,23 +249,45 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--claim-rows", type=int, default=50_000)
     parser.add_argument("--baseline-rows", type=int, default=5_000)
+    parser.add_argument("--rate", type=float, default=20.0, help="LML_RATE_PER_SECOND")
     args = parser.parse_args()
 
     with bench_database() as url, start_in_thread() as emulator, station_connection(url) as conn:
+        # The statements themselves, unpaced; the drain below is paced as in production.
+        paced = os.environ.get(MAX_LEAD_ENV)
+        os.environ[MAX_LEAD_ENV] = "0"
         with_triggers = measure_writes(conn, args.rows, args.claim_rows, args.baseline_rows)
         set_row_triggers(conn, enabled=False)
         without_row_triggers = measure_writes(conn, args.rows, args.claim_rows, args.baseline_rows)
         set_row_triggers(conn, enabled=True)
         reload(conn, args.rows)
+        # The unpaced statements above left the station's watermark far ahead; a drain on a
+        # live station starts from a watermark at the clock.
+        conn.execute("UPDATE flowsheet_watermark SET last_modified_at = now()")
+        if paced is None:
+            del os.environ[MAX_LEAD_ENV]
+        else:
+            os.environ[MAX_LEAD_ENV] = paced
 
-        with LmlClient(emulator.url, total_timeout=120, max_retries=0) as lml:
+        limits = BudgetLimits(rate_per_second=args.rate, max_concurrent=5, live_reserve=0.5)
+        batch_rows = backlog_batch_rows(
+            limits.rate_per_second * (1 - limits.live_reserve),
+            items_per_call=MAX_LOOKUP_BULK_ITEMS,
+            max_calls=MAX_BACKLOG_BATCH_CALLS,
+        )
+        with (
+            bench_redis() as redis_url,
+            LmlClient(emulator.url, total_timeout=120, max_retries=0) as lml,
+            WatermarkLead(url) as lead,
+        ):
+            budget = LmlBudget(redis.Redis.from_url(redis_url), limits)
             drain = drain_backlog(
                 conn,
-                lml,
+                BudgetedLml(lml, budget, "backlog", timeout_s=15.0),
                 start=DAY_START,
                 end=DAY_END,
                 grace_s=0,
-                batch_size=BATCH,
+                batch_size=batch_rows,
                 time_budget_s=3600,
                 progress=lambda _message: None,
             )
@@ -275,6 +307,11 @@ def main() -> None:
     print(
         f"  time: claim {drain.claim_s:.2f} s, LML calls {outcome.lml_s:.2f} s, "
         f"finalize {outcome.write_s:.2f} s, planning and the rest {other:.2f} s"
+    )
+    print(
+        f"  at LML_RATE_PER_SECOND={args.rate:g} (backlog lane {args.rate / 2:g} calls/s),"
+        f" {batch_rows} rows a batch: flowsheet_watermark ahead of the clock by at most"
+        f" {lead.max_s:.2f} s ({lead.samples} samples, every {lead.every_s:g} s)"
     )
 
 

@@ -15,6 +15,7 @@ whatever others do, so every wait is short and bounded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MAX_LEAD_S = 5.0
@@ -35,3 +36,17 @@ class LeadPolicy:
             return 0.0
         allowed = self.max_lead_s - STATION_WRITERS_MARGIN_S - statements
         return max(0.0, own_lead_s - allowed)
+
+
+# A backlog batch is a claim and a finalize: two of our statements, two seconds of our share.
+_SECONDS_PER_BATCH = 2.0
+# 5,000 rows: about what a batch lane of 25 calls/s looks up in two seconds.
+MAX_BACKLOG_BATCH_CALLS = 50
+
+
+def backlog_batch_rows(batch_calls_per_s: float, *, items_per_call: int, max_calls: int) -> int:
+    """Rows a backlog run claims at a time: the LML calls its lane may make in the two seconds
+    a batch costs the watermark (at least one call, at most `max_calls`). Smaller batches leave
+    the budget idle while they wait for the watermark; larger ones hold claims longer."""
+    calls = max(1, min(max_calls, math.ceil(batch_calls_per_s * _SECONDS_PER_BATCH)))
+    return calls * items_per_call

@@ -1,4 +1,5 @@
-"""Notifications are hints: what the bridge publishes is what the table holds."""
+"""The bridge's rules: notifications are hints (what it publishes is what the table holds),
+outages are one line each, catch-up entries are the events they stand for."""
 
 from __future__ import annotations
 
