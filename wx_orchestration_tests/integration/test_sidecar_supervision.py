@@ -40,7 +40,9 @@ from wx_orchestration_tests.integration.sidecar_support import (
     insert_tracks,
     logged_keys,
     poll,
+    running_sidecar,
     settings_for,
+    stream_events,
     wait_listening,
 )
 from wx_orchestration_tests.integration.test_live_feed import SseClient
@@ -164,6 +166,34 @@ def test_a_taken_port_is_fatal_at_start(station_db: str, redis_url: str) -> None
     assert "Traceback" not in done.stderr
     # It never ran a role (a bridge could have taken the lead).
     assert "running roles" not in done.stderr
+
+
+def test_a_bridge_alone_gets_its_stream_back_from_a_key_of_another_type(
+    station_db: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    restart = RestartPolicy(base_s=0.1, cap_s=0.2)
+    with (
+        caplog.at_level(logging.INFO, logger="wx_orchestration.sidecar"),
+        running_sidecar(station_db, redis_url, ("bridge",)) as sidecar,
+        connect(station_db) as conn,
+    ):
+        sidecar.restart = restart
+        wait_listening(sidecar)
+        client.set(CDC_STREAM, "not a stream")
+        # No consumer here to notice: the bridge's XADD fails, and its supervisor frees the key.
+        ids = insert_tracks(conn, 3)
+        poll(lambda: set(ids) <= bridged_ids(client), what="the rows on a stream again")
+        assert sidecar.gave_up is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("role bridge failed: ResponseError: WRONGTYPE") for m in messages)
+    assert "wx:cdc held a string, not a stream: deleted it" in messages
+
+
+def bridged_ids(client: redis.Redis) -> set[int]:
+    if client.type(CDC_STREAM) != b"stream":
+        return set()
+    return {event.flowsheet_id for event in stream_events(client)}
 
 
 # --- chaos -------------------------------------------------------------------------------------
