@@ -40,6 +40,13 @@ from wx_orchestration.db.paced_writes import flowsheet_transaction
 
 log = logging.getLogger("wx_orchestration.enrichment")
 
+# A backlog batch carries several LML calls (two seconds of its lane's budget: our flowsheet
+# statements are paced at about one a second). It starts no call later than this after its
+# claim, so the claim ends within this, one budget wait and one LML call: inside the lease.
+BACKLOG_ASK_WINDOW_S = 4.0
+NOT_ASKED = "not asked: the batch's time to ask LML was up"
+
+
 BLANK_ARTIST = "blank artist: never sent to LML"
 
 
@@ -141,13 +148,19 @@ def _look_up(
     hook: LmlCallHook,
     stats: LmlCallRecorder | None,
     outcome: EnrichmentOutcome,
+    ask_until: float | None = None,
 ) -> tuple[dict[LookupKey, Verdict], LmlError | None]:
     """Verdicts for `keys`, up to 100 per call. After a failed call the remaining keys are not
-    sent (LML is unwell; the client already retried) and get that call's error too."""
+    sent (LML is unwell; the client already retried) and get that call's error too. Past
+    `ask_until` (monotonic) no further call starts: the rest are not asked, which says nothing
+    about them (their claims must not outlast the lease)."""
     verdicts: dict[LookupKey, Verdict] = {}
     failure: LmlError | None = None
     for first in range(0, len(keys), MAX_LOOKUP_BULK_ITEMS):
         chunk = keys[first : first + MAX_LOOKUP_BULK_ITEMS]
+        if failure is None and ask_until is not None and time.monotonic() >= ask_until:
+            verdicts.update((key, Verdict("not_a_verdict", reason=NOT_ASKED)) for key in chunk)
+            continue
         if failure is None:
             items = [lookup_item(key) for key in chunk]
             started = time.perf_counter()
@@ -180,10 +193,11 @@ def enrich_claimed(
     cache: VerdictCache | None = None,
     stats: LmlCallRecorder | None = None,
     rng: Callable[[], float] = random.random,
+    ask_until: float | None = None,
 ) -> EnrichmentOutcome:
     """Look up claimed rows (each distinct key once), then finalize or release every one of
     them in one short transaction. Raises `LmlError` of kind `auth` after releasing the rows,
-    since no later call can succeed either."""
+    since no later call can succeed either. No LML call starts after `ask_until`."""
     if not conn.autocommit:
         raise ValueError("enrich_claimed needs an autocommit connection")
     policy = policy or RetryPolicy()
@@ -200,7 +214,9 @@ def enrich_claimed(
             outcome.cache_hits += 1
     failure = None
     if wanted:
-        looked_up, failure = _look_up(lml, wanted, around_call or _direct, stats, outcome)
+        looked_up, failure = _look_up(
+            lml, wanted, around_call or _direct, stats, outcome, ask_until
+        )
         verdicts.update(looked_up)
         if cache is not None:
             for key, verdict in looked_up.items():
@@ -269,6 +285,7 @@ def enrich_claimed_reconnecting(
     policy: RetryPolicy | None = None,
     stats: LmlCallRecorder | None = None,
     wait: Callable[[float], object] = time.sleep,
+    ask_until: float | None = None,
 ) -> EnrichmentOutcome:
     """`enrich_claimed`, done again on a connection from `reconnect` when its own is cut (a
     network blip, a restarted server, an operator's pg_terminate_backend): the claims are still
@@ -281,13 +298,13 @@ def enrich_claimed_reconnecting(
             if attempt == 0:
                 return enrich_claimed(
                     conn, lml, claimed, around_call=around_call, policy=policy, cache=cache,
-                    stats=stats,
+                    stats=stats, ask_until=ask_until,
                 )  # fmt: skip
             # A failing `reconnect` leaves `used` the cut connection: counted as lost too.
             with reconnect() as used:
                 return enrich_claimed(
                     used, lml, claimed, around_call=around_call, policy=policy, cache=cache,
-                    stats=stats,
+                    stats=stats, ask_until=ask_until,
                 )  # fmt: skip
         except psycopg.OperationalError as err:
             if not (used.closed or used.broken):
@@ -424,15 +441,16 @@ def drain_backlog(
             break
         below_id = min(row.flowsheet_id for row in claimed)
         result.batches += 1
+        ask_until = time.monotonic() + BACKLOG_ASK_WINDOW_S
         if reconnect is None:
             batch = enrich_claimed(
                 conn, lml, claimed, around_call=around_call, policy=policy, cache=cache,
-                stats=stats,
+                stats=stats, ask_until=ask_until,
             )  # fmt: skip
         else:
             batch = enrich_claimed_reconnecting(
                 conn, reconnect, lml, claimed, around_call=around_call, policy=policy,
-                cache=cache, stats=stats,
+                cache=cache, stats=stats, ask_until=ask_until,
             )  # fmt: skip
         result.outcome.add(batch)
         progress(

@@ -503,3 +503,22 @@ def test_a_backlog_finalize_whose_connection_is_cut_is_done_on_a_new_one(
             "enriched_no_match",
         )
         assert attempts(conn, flowsheet_id) is None  # nothing counted against the rows
+
+
+def test_a_batch_past_its_time_to_ask_gives_the_rest_back_as_no_fault(conn, lml_client) -> None:
+    import time
+
+    from wx_orchestration.flows.enrichment import NOT_ASKED
+
+    ids = [add_play(conn, f"Late {n}") for n in range(150)]
+    claimed = claim_rows_by_ids(conn, ids)
+    outcome = enrich_claimed(conn, lml_client, claimed, ask_until=time.monotonic() - 1)
+    assert outcome.lml_calls == 0
+    assert outcome.not_a_verdict == 150
+    rows = conn.execute(
+        "SELECT f.metadata_status, a.faults, a.last_error FROM flowsheet f"
+        " JOIN wx_orchestration.enrichment_attempts a ON a.flowsheet_id = f.id"
+        " WHERE f.id = ANY(%s)",
+        (ids,),
+    ).fetchall()
+    assert set(rows) == {("pending", 0, NOT_ASKED)}

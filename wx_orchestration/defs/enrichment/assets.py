@@ -8,6 +8,7 @@ from pydantic import Field
 from wx_orchestration.clients.lml import LmlError
 from wx_orchestration.clients.lml_budget import wait_until_lml_ready
 from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS
+from wx_orchestration.core.watermark_lead import MAX_BACKLOG_BATCH_CALLS, backlog_batch_rows
 from wx_orchestration.defs.enrichment.partitions import FLOWSHEET_DAYS
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.flows.enrichment import BacklogResult, drain_backlog
@@ -18,12 +19,13 @@ BACKLOG_BUDGET_WAIT_S = 15.0
 
 
 class FlowsheetEnrichmentConfig(dg.Config):
-    batch_size: int = Field(
-        default=100,
+    batch_size: int | None = Field(
+        default=None,
         ge=1,
-        le=MAX_LOOKUP_BULK_ITEMS,
-        description="rows claimed at a time; at most one LML call's worth, so that no claim is "
-        "held across several budget waits",
+        le=MAX_BACKLOG_BATCH_CALLS * MAX_LOOKUP_BULK_ITEMS,
+        description="rows claimed at a time (default: what the backlog's share of "
+        "LML_RATE_PER_SECOND looks up in the two seconds a claim and a finalize cost the "
+        "station's Last-Modified, 100 to 5,000); LML calls stop 4 s after the claim",
     )
     time_budget_s: float = Field(
         default=3000.0, gt=0, description="stop cleanly between batches after this many seconds"
@@ -37,6 +39,15 @@ class FlowsheetEnrichmentConfig(dg.Config):
         default=120.0,
         ge=0,
         description="how long to wait while LML reports its Discogs breaker open, then stop",
+    )
+
+
+def _batch_rows(lml_budget: LmlBudgetResource) -> int:
+    limits = lml_budget.get_budget().limits
+    return backlog_batch_rows(
+        limits.rate_per_second * (1 - limits.live_reserve),
+        items_per_call=MAX_LOOKUP_BULK_ITEMS,
+        max_calls=MAX_BACKLOG_BATCH_CALLS,
     )
 
 
@@ -88,7 +99,7 @@ def flowsheet_enrichment(
                 start=window.start,
                 end=window.end,
                 grace_s=config.grace_period_s,
-                batch_size=config.batch_size,
+                batch_size=config.batch_size or _batch_rows(lml_budget),
                 time_budget_s=config.time_budget_s,
                 progress=context.log.info,
                 reconnect=lambda: postgres.connection(autocommit=True),

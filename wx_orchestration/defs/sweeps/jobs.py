@@ -15,6 +15,7 @@ from wx_orchestration.db.sweeps import (
 from wx_orchestration.defs.enrichment.assets import BACKLOG_BUDGET_WAIT_S
 from wx_orchestration.defs.observability.sentry import sentry_failure_hook
 from wx_orchestration.defs.resources import LmlResource, PostgresResource
+from wx_orchestration.flows.enrichment import BACKLOG_ASK_WINDOW_S
 
 FLOWSHEET_ENRICHMENT = dg.AssetKey("flowsheet_enrichment")
 
@@ -44,8 +45,11 @@ def sweep_stale_claims(
     lml: LmlResource,
 ) -> None:
     try:
-        # A backlog run may hold a claim through one budget wait and one LML call.
-        check_lease(config.lease_s, lml.total_timeout_s + BACKLOG_BUDGET_WAIT_S)
+        # A backlog batch starts LML calls for up to BACKLOG_ASK_WINDOW_S after its claim; the
+        # last one may wait for the budget and take the client's whole timeout.
+        check_lease(
+            config.lease_s, BACKLOG_ASK_WINDOW_S + lml.total_timeout_s + BACKLOG_BUDGET_WAIT_S
+        )
     except LeaseTooShort as exc:
         raise dg.Failure(description=str(exc)) from None
     policy = RetryPolicy(
