@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -103,35 +102,3 @@ def copy_plays(
             for i, (artist, album, track) in enumerate(rows):
                 copy.write_row((artist, album, track, i, start + i * step))
         cur.execute("VACUUM ANALYZE flowsheet")
-
-
-class WatermarkLead:
-    """Samples how far the station's `flowsheet_watermark` stands ahead of the clock, on a
-    connection of its own, while the block runs: `max_s` is the worst seen."""
-
-    def __init__(self, url: str, every_s: float = 0.1) -> None:
-        self.url = url
-        self.every_s = every_s
-        self.max_s = 0.0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, name="watermark-lead")
-
-    def _sample(self) -> None:
-        with station_connection(self.url) as conn:
-            while not self._stop.wait(self.every_s):
-                row = conn.execute(
-                    "SELECT extract(epoch FROM last_modified_at - clock_timestamp())::float8"
-                    " FROM flowsheet_watermark"
-                ).fetchone()
-                if row is not None:
-                    self.max_s = max(self.max_s, row[0])
-                    self.samples += 1
-
-    def __enter__(self) -> WatermarkLead:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)

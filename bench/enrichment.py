@@ -25,7 +25,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from bench.common import WatermarkLead, bench_database, bench_redis, copy_plays, station_connection
+from bench.common import STATION_SCHEMA, bench_database, bench_redis, copy_plays, station_connection
 from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
 from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS, Artwork
@@ -33,6 +33,7 @@ from wx_orchestration.core.budget import BudgetLimits
 from wx_orchestration.core.enrichment import ClaimedRow, FinalizePlan, Verdict, finalize_plan
 from wx_orchestration.core.watermark_lead import MAX_BACKLOG_BATCH_CALLS, backlog_batch_rows
 from wx_orchestration.db.enrichment import claim_backlog_batch, finalize_rows
+from wx_orchestration.devstack.lead_sampler import LeadSampler
 from wx_orchestration.devstack.lml_emulator import start_in_thread
 from wx_orchestration.flows.enrichment import drain_backlog
 
@@ -278,7 +279,7 @@ def main() -> None:
         with (
             bench_redis() as redis_url,
             LmlClient(emulator.url, total_timeout=120, max_retries=0) as lml,
-            WatermarkLead(url) as lead,
+            LeadSampler(url, STATION_SCHEMA) as lead,
         ):
             budget = LmlBudget(redis.Redis.from_url(redis_url), limits)
             drain = drain_backlog(
@@ -311,7 +312,8 @@ def main() -> None:
     print(
         f"  at LML_RATE_PER_SECOND={args.rate:g} (backlog lane {args.rate / 2:g} calls/s),"
         f" {batch_rows} rows a batch: flowsheet_watermark ahead of the clock by at most"
-        f" {lead.max_s:.2f} s ({lead.samples} samples, every {lead.every_s:g} s)"
+        f" {lead.station_max_s:.2f} s, our statements' share {lead.ours_max_s:.2f} s"
+        f" ({lead.samples} samples, every {lead.every_s:g} s)"
     )
 
 

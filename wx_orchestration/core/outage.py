@@ -20,6 +20,7 @@ class Outage:
     failures: int = 0
     since: float | None = None  # monotonic time of the first failure
     recovered_at: float | None = None
+    announced: bool = False  # the start was reported, so the end will be
 
     @property
     def ongoing(self) -> bool:
@@ -32,14 +33,17 @@ class Outage:
         )
         if self.since is None:
             self.since = now
+        self.announced = self.announced or first
         delay = min(self.cap_s, self.base_s * 2.0 ** min(self.failures, 32))
         self.failures += 1
         return delay, first
 
     def recovered(self, now: float) -> float | None:
-        """Record a success: how long the outage lasted, or None if there was none."""
+        """Record a success: how long the outage lasted, or None if there was none to report
+        (no failure, or an aftershock of one already reported as over)."""
         since, self.since, self.failures = self.since, None, 0
+        announced, self.announced = self.announced, False
         if since is None:
             return None
         self.recovered_at = now
-        return now - since
+        return now - since if announced else None

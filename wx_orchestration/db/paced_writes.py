@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg import sql
 
 from wx_orchestration.core.watermark_lead import LeadPolicy
 from wx_orchestration.settings import flowsheet_max_lead_from_env
@@ -55,3 +56,19 @@ def flowsheet_transaction(
                 return
         time.sleep(wait)
         waited += wait
+
+
+_LEADS = """
+SELECT extract(epoch FROM w.last_modified_at - clock_timestamp())::float8,
+       extract(epoch FROM p.next_at - clock_timestamp())::float8
+FROM {}.flowsheet_watermark AS w, wx_orchestration.flowsheet_write_pace AS p
+"""
+
+
+def watermark_leads(conn: psycopg.Connection, schema: str) -> tuple[float, float]:
+    """How far the station's `Last-Modified` stands ahead of the clock now, and how far our own
+    statements alone would have put it (negative: behind the clock)."""
+    row = conn.execute(sql.SQL(_LEADS).format(sql.Identifier(schema))).fetchone()
+    if row is None:
+        raise LookupError("flowsheet_watermark or flowsheet_write_pace has no row")
+    return row[0], row[1]

@@ -79,6 +79,7 @@ from wx_orchestration.db.events import (
     read_flowsheet_rows,
     save_watermark,
 )
+from wx_orchestration.db.paced_writes import watermark_leads
 from wx_orchestration.settings import redact_url
 from wx_orchestration.sidecar.roles import SidecarContext
 from wx_orchestration.sidecar.sentry import report_cdc_error
@@ -211,6 +212,7 @@ class CdcBridge:
         # The value the watermark's row holds, so that a change of it alone is saved too.
         self._saved_added: int | None = None
         self._saved_at = 0.0
+        self._gauges_failing = False
         # A first look counts a missing or empty stream as lost even when no count was saved.
         self._first_look = True
         # The stream was lost: the next catch-up replays what its consumers had not finished.
@@ -661,10 +663,16 @@ class CdcBridge:
         try:
             with self.pool.connection() as conn:
                 age = oldest_mark_age_s(conn, self.schema, self.watermark_name)
+                station, ours = watermark_leads(conn, self.schema)
         except psycopg.Error as err:
-            log.warning("age of the oldest consumer mark unknown (%s)", err)
+            if not self._gauges_failing:
+                log.warning("consumer mark age and watermark lead unknown (%s)", err)
+            self._gauges_failing = True
             return
+        self._gauges_failing = False
         self.metrics.oldest_mark_age.set(age)
+        self.metrics.watermark_lead.labels("station").set(station)
+        self.metrics.watermark_lead.labels("ours").set(ours)
 
 
 def build(ctx: SidecarContext) -> CdcBridge:

@@ -94,6 +94,14 @@ class SidecarMetrics:
             " set by the active bridge",
             registry=r,
         )
+        self.watermark_lead = Gauge(
+            "wx_flowsheet_watermark_lead_seconds",
+            "How far the station's Last-Modified (flowsheet_watermark) stands ahead of the clock"
+            " (negative: behind); `source` station is the watermark, ours our statements' share;"
+            " set by the active bridge",
+            ["source"],
+            registry=r,
+        )
 
     def dead_letter_count(self) -> int:
         return int(

@@ -293,7 +293,11 @@ def test_a_database_outage_is_one_warning_then_one_line_on_recovery(
             admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
                 sql.Identifier(database)))  # fmt: skip
         poll(lambda: bridge.readiness() == (True, "leader, listening"), what="the recovery")
-        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        warnings = [
+            r
+            for r in caplog.records
+            if r.levelname == "WARNING" and r.name == "wx_orchestration.sidecar.bridge"
+        ]
         recovered = [r for r in caplog.records if "is back after" in r.getMessage()]
     # One line when it started (the lock session or the LISTEN connection, whichever noticed
     # first, and at most both), not ten a second for three seconds.

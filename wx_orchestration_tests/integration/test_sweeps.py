@@ -350,3 +350,22 @@ def test_outage_retries_never_count_towards_parking(conn) -> None:
         "SELECT attempts, faults FROM enrichment_attempts WHERE flowsheet_id = %s", (row_id,)
     ).fetchone()
     assert counts == (5, 1)
+
+
+def test_watermark_lead_warns_on_the_station_and_errors_on_ours(
+    station_db, redis_url, conn
+) -> None:
+    fine = run_check(checks.watermark_lead, station_db, redis_url)
+    assert fine.passed
+    for _ in range(10):  # the station's own writers, faster than one statement a second
+        conn.execute("UPDATE flowsheet SET segue = segue WHERE false")
+    station = run_check(checks.watermark_lead, station_db, redis_url)
+    assert not station.passed
+    assert station.severity == dg.AssetCheckSeverity.WARN
+    assert float(station.metadata["station_lead_s"].value) > 5  # type: ignore[arg-type]
+    conn.execute(
+        "UPDATE wx_orchestration.flowsheet_write_pace SET next_at = now() + interval '30 s'"
+    )
+    ours = run_check(checks.watermark_lead, station_db, redis_url)
+    assert ours.severity == dg.AssetCheckSeverity.ERROR
+    assert float(ours.metadata["our_lead_s"].value) > 5  # type: ignore[arg-type]

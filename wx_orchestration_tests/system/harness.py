@@ -75,6 +75,8 @@ _OURS = (
     "WX_SIDECAR_PORT",
     "WXYC_SCHEMA_NAME",
     "SENTRY_DSN",
+    # The suite turns pacing off for its own fixtures; the station day runs as production does.
+    "WX_FLOWSHEET_MAX_LEAD_S",
 )
 
 

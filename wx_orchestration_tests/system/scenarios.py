@@ -20,8 +20,11 @@ from typing import Any
 
 from wx_orchestration.contracts.cdc import ENRICHMENT_GROUP, EVENTLOG_GROUP
 from wx_orchestration.contracts.live import LIVE_GROUP
+from wx_orchestration.core.watermark_lead import MAX_LEAD_S
+from wx_orchestration.devstack.lead_sampler import LeadSampler
 from wx_orchestration.devstack.processes import wait_until
 from wx_orchestration_tests.system.harness import (
+    SCHEMA,
     DrainReport,
     HarnessConfig,
     LiveSubscriber,
@@ -410,7 +413,9 @@ def run_scenario(
         writer = PlayWriter(harness.database_url, day.entries, scenario.rate)
         run = ScenarioRun(harness, writer, subscriber, scenario)
         run_started = datetime.now(UTC)
+        leads = LeadSampler(harness.database_url, SCHEMA, every_s=0.2)
         try:
+            leads.start()
             subscriber.start()
             if not subscriber.available:
                 harness.note("no /events/stream on the sidecars: live-feed checks skipped")
@@ -471,7 +476,20 @@ def run_scenario(
                         ),
                     )
                 )
+            leads.stop()
+            checks.append(
+                Check(
+                    "our_statements_keep_last_modified_in_bound",
+                    leads.ours_max_s <= MAX_LEAD_S + 0.1,
+                    f"our flowsheet statements alone put Last-Modified at most"
+                    f" {leads.ours_max_s:.2f} s ahead (bound {MAX_LEAD_S:g} s); the station's"
+                    f" watermark, with this compressed day's {scenario.rate:g} plays/s of DJ"
+                    f" inserts, at most {leads.station_max_s:.2f} s",
+                )
+            )
             figures.update(
+                watermark_lead_max_s=round(leads.station_max_s, 2),
+                our_watermark_lead_max_s=round(leads.ours_max_s, 2),
                 writer_write_errors=len(writer.write_errors),
                 kills=list(run.killed),
                 notes=list(run.notes),
@@ -486,6 +504,7 @@ def run_scenario(
                 scenario, checks, figures, report, time.monotonic() - began, list(harness.events)
             )
         finally:
+            leads.stop()
             writer.stop()
             subscriber.stop()
             if run.identity_thread is not None:

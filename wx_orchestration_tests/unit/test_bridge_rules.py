@@ -72,7 +72,7 @@ def test_outage_backs_off_to_the_cap_and_reports_once() -> None:
     assert outage.recovered(21.0) is None
     # Connections cut during the outage, found dead just after it: the same outage.
     assert outage.failed(22.0) == (0.1, False)
-    assert outage.recovered(22.5) == 0.5
+    assert outage.recovered(22.5) is None
     assert outage.failed(40.0) == (0.1, True)
 
 

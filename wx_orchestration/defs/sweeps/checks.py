@@ -4,12 +4,14 @@ import dagster as dg
 
 from wx_orchestration.clients.redis_client import stream_groups
 from wx_orchestration.contracts.cdc import CDC_STREAM
+from wx_orchestration.core.watermark_lead import MAX_LEAD_S
 from wx_orchestration.db.enrichment import CLAIMABLE
+from wx_orchestration.db.paced_writes import watermark_leads
 from wx_orchestration.db.sweeps import stranded_claims as count_stranded_claims
 from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
 from wx_orchestration.defs.resources import PostgresResource, RedisResource
 from wx_orchestration.defs.sweeps.jobs import FLOWSHEET_ENRICHMENT, StaleSweepConfig
-from wx_orchestration.settings import Settings
+from wx_orchestration.settings import Settings, flowsheet_max_lead_from_env
 
 PENDING_WARN_S = 600
 PENDING_ERROR_S = 3600
@@ -142,8 +144,31 @@ def stream_lag(redis: RedisResource) -> dg.AssetCheckResult:
     )
 
 
+@dg.asset_check(
+    asset=FLOWSHEET_ENRICHMENT,
+    description="How far the station's Last-Modified (flowsheet_watermark) stands ahead of the "
+    "clock, and our own statements' share of it: fails when ours passes the bound "
+    "(WX_FLOWSHEET_MAX_LEAD_S), warns when the station's does.",
+)
+def watermark_lead(postgres: PostgresResource) -> dg.AssetCheckResult:
+    with postgres.connection() as conn:
+        station, ours = watermark_leads(conn, postgres.schema)
+    bound = flowsheet_max_lead_from_env() or MAX_LEAD_S
+    ours_ok = ours <= bound
+    return dg.AssetCheckResult(
+        passed=ours_ok and station <= bound,
+        severity=dg.AssetCheckSeverity.WARN if ours_ok else dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "station_lead_s": round(station, 2),
+            "our_lead_s": round(ours, 2),
+            "bound_s": bound,
+        },
+    )
+
+
 HEALTH_CHECKS = [
     oldest_pending_age,
+    watermark_lead,
     stranded_claims,
     enrichment_freshness,
     dead_letters,
