@@ -38,15 +38,24 @@ class LeadPolicy:
         return max(0.0, own_lead_s - allowed)
 
 
-# A backlog batch is a claim and a finalize: two of our statements, two seconds of our share.
-_SECONDS_PER_BATCH = 2.0
-# 5,000 rows: about what a batch lane of 25 calls/s looks up in two seconds.
+# A backlog batch is a claim, a finalize and a release: at most three of our statements.
+_SECONDS_PER_BATCH = 3.0
+# 5,000 rows: what a batch lane of about 17 calls/s looks up in three seconds.
 MAX_BACKLOG_BATCH_CALLS = 50
 
 
 def backlog_batch_rows(batch_calls_per_s: float, *, items_per_call: int, max_calls: int) -> int:
-    """Rows a backlog run claims at a time: the LML calls its lane may make in the two seconds
-    a batch costs the watermark (at least one call, at most `max_calls`). Smaller batches leave
-    the budget idle while they wait for the watermark; larger ones hold claims longer."""
+    """Rows a backlog run claims at a time: the LML calls its lane may make in the three
+    seconds a batch costs the watermark (at least one call, at most `max_calls`). Smaller
+    batches leave the budget idle while they wait for the watermark; larger ones hold claims
+    longer."""
     calls = max(1, min(max_calls, math.ceil(batch_calls_per_s * _SECONDS_PER_BATCH)))
     return calls * items_per_call
+
+
+def grown_batch(base_rows: int, rows_seen: int, lookups_seen: int) -> int:
+    """`base_rows` grown by how many rows each lookup has served so far in the run (plays
+    repeat; the run's cache answers the repeats), so a batch keeps its LML calls' worth of
+    work, up to `MAX_BACKLOG_BATCH_CALLS` calls' worth of rows."""
+    ratio = rows_seen / lookups_seen if lookups_seen else 1.0
+    return max(base_rows, min(round(base_rows * ratio), MAX_BACKLOG_BATCH_CALLS * 100))

@@ -35,12 +35,13 @@ from wx_orchestration.core.enrichment import (
     results_by_index,
     verdict_for,
 )
+from wx_orchestration.core.watermark_lead import grown_batch
 from wx_orchestration.db.enrichment import Release, claim_backlog_batch, finalize_rows, release_rows
 from wx_orchestration.db.paced_writes import flowsheet_transaction
 
 log = logging.getLogger("wx_orchestration.enrichment")
 
-# A backlog batch carries several LML calls (two seconds of its lane's budget: our flowsheet
+# A backlog batch carries several LML calls (three seconds of its lane's budget: our flowsheet
 # statements are paced at about one a second). It starts no call later than this after its
 # claim, so the claim ends within this, one budget wait and one LML call: inside the lease.
 BACKLOG_ASK_WINDOW_S = 4.0
@@ -434,7 +435,12 @@ def drain_backlog(
             break
         claim_started = time.perf_counter()
         claimed = claim_backlog_batch(
-            conn, start=start, end=end, grace_s=grace_s, limit=batch_size, below_id=below_id
+            conn,
+            start=start,
+            end=end,
+            grace_s=grace_s,
+            below_id=below_id,
+            limit=grown_batch(batch_size, result.outcome.rows, result.outcome.lookups),
         )
         result.claim_s += time.perf_counter() - claim_started
         if not claimed:

@@ -24,7 +24,7 @@ class FlowsheetEnrichmentConfig(dg.Config):
         ge=1,
         le=MAX_BACKLOG_BATCH_CALLS * MAX_LOOKUP_BULK_ITEMS,
         description="rows claimed at a time (default: what the backlog's share of "
-        "LML_RATE_PER_SECOND looks up in the two seconds a claim and a finalize cost the "
+        "LML_RATE_PER_SECOND looks up in the three seconds a claim and a finalize cost the "
         "station's Last-Modified, 100 to 5,000); LML calls stop 4 s after the claim",
     )
     time_budget_s: float = Field(
