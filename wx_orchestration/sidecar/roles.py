@@ -39,7 +39,8 @@ class SidecarConfig:
     stream_maxlen: int = 100_000
     catchup_overlap_s: float = 5.0
     first_start_lookback_h: float = 24.0
-    catchup_page: int = 500
+    # Rows a catch-up writes between two rounds of live notifications.
+    catchup_page: int = 2000
     ping_interval_s: float = 5.0
     ping_timeout_s: float = 5.0
     standby_poll_s: float = 2.0
