@@ -60,6 +60,8 @@ _MAX_ERROR_BODY_BYTES = 64 * 1024
 _ERROR_SNIPPET_CHARS = 300
 _BACKOFF_BASE_S = 0.2
 _BACKOFF_CAP_S = 5.0
+# The least time worth starting a retry with.
+_MIN_ATTEMPT_S = 0.1
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -388,7 +390,9 @@ class LmlClient:
         # Jitter spreads retries of many workers hit by the same outage; not security relevant.
         backoff = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt) * (0.5 + random.random() / 2)  # noqa: S311
         delay = max(backoff, err.retry_after or 0.0)
-        if time.monotonic() + delay >= deadline:
+        # A retry left a few milliseconds can only time out, and would report that instead of
+        # what LML actually said.
+        if time.monotonic() + delay + _MIN_ATTEMPT_S >= deadline:
             return None
         return delay
 
