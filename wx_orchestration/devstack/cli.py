@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from wx_orchestration.db.migrations import MigrationError
@@ -165,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     except MigrationError as exc:
         print(f"wx: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `wx status | head`: the reader left. Point stdout at /dev/null so that the flush at
+        # exit does not fail a second time with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

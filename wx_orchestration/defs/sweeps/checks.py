@@ -182,6 +182,7 @@ health_checks_job = dg.define_asset_job(
 )
 
 health_checks_schedule = dg.ScheduleDefinition(
+    name="health_checks_schedule",
     job=health_checks_job,
     cron_schedule="*/5 * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
