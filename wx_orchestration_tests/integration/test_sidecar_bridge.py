@@ -215,11 +215,7 @@ def _notify(conn: psycopg.Connection, body: dict) -> None:
 def test_forged_notifications_publish_only_what_the_table_holds(
     station_db: str, redis_url: str, client: redis.Redis
 ) -> None:
-    with (
-        running_sidecar(station_db, redis_url, ("bridge",)) as sidecar,
-        connect(station_db) as conn,
-    ):
-        wait_listening(sidecar)
+    with listening_bridge(station_db, redis_url), connect(station_db) as conn:
         (row_id,) = insert_tracks(conn, 1)
         poll(lambda: [e for e in stream_events(client) if e.flowsheet_id == row_id], what="row")
         forged = {
@@ -257,8 +253,7 @@ def test_a_watermark_ahead_of_the_clock_does_not_switch_off_catch_up(
             " VALUES (%s, '2099-01-01T00:00:00Z', 1)",
             (f"{STATION_SCHEMA}.flowsheet",),
         )
-        with running_sidecar(station_db, redis_url, ("bridge",)) as sidecar:
-            wait_listening(sidecar)
+        with listening_bridge(station_db, redis_url):
             poll(
                 lambda: set(ids) <= {e.flowsheet_id for e in stream_events(client)},
                 what="the rows a 2099 watermark would have skipped",
