@@ -12,7 +12,10 @@ from wx_orchestration.defs.identity.jobs import library_identity_refresh_job
 from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
 from wx_orchestration.defs.observability.assets import lml_budget, wx_cdc_stream
 from wx_orchestration.defs.observability.sensors import sidecar_health_sensor
-from wx_orchestration.defs.observability.sentry import init_sentry, sentry_run_failure_sensor
+from wx_orchestration.defs.observability.sentry import (
+    init_sentry,
+    sentry_run_failure_sensor,
+)
 from wx_orchestration.defs.resources import resources_from_env
 from wx_orchestration.defs.sweeps.checks import (
     HEALTH_CHECKS,
@@ -26,17 +29,23 @@ from wx_orchestration.defs.sweeps.schedules import stale_sweep_schedule
 # step subprocess) initialises Sentry once. A no-op without SENTRY_DSN.
 init_sentry()
 
+JOBS = [
+    library_identity_refresh_job,
+    enrichment_backlog_job,
+    stale_sweep_job,
+    requeue_parked_job,
+    health_checks_job,
+]
+
 defs = dg.Definitions(
     assets=[library_identity, flowsheet_enrichment, wx_cdc_stream, lml_budget],
     asset_checks=HEALTH_CHECKS,
-    jobs=[
-        library_identity_refresh_job,
-        enrichment_backlog_job,
-        stale_sweep_job,
-        requeue_parked_job,
-        health_checks_job,
-    ],
+    jobs=JOBS,
     schedules=[library_identity_refresh_schedule, stale_sweep_schedule, health_checks_schedule],
-    sensors=[enrichment_backlog_sensor, sidecar_health_sensor, sentry_run_failure_sensor],
+    sensors=[
+        enrichment_backlog_sensor,
+        sidecar_health_sensor,
+        sentry_run_failure_sensor(job.name for job in JOBS),
+    ],
     resources=resources_from_env(),
 )

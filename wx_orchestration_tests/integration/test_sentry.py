@@ -78,7 +78,9 @@ def test_a_failing_step_sends_one_tagged_event_without_secrets(fake_sentry: Fake
         "DATABASE_URL": f"postgresql://wx:{DB_PASSWORD}@db.internal/wxyc",
     }
     assert dagster_sentry.init_sentry(env)
-    job = dagster_sentry.asset_job_with_sentry("sentry_probe_job", selection=[exploding_asset])
+    job = dagster_sentry.with_sentry(
+        dg.define_asset_job("sentry_probe_job", selection=[exploding_asset])
+    )
     defs = dg.Definitions(assets=[exploding_asset], jobs=[job])
     result = defs.resolve_job_def("sentry_probe_job").execute_in_process(
         partition_key="01", raise_on_error=False
@@ -101,6 +103,76 @@ def test_a_failing_step_sends_one_tagged_event_without_secrets(fake_sentry: Fake
     assert LML_KEY.encode() not in raw
     assert DB_PASSWORD.encode() not in raw
     assert b"publickey1234" not in raw.split(b"\n", 1)[1]  # the DSN key only in the auth header
+
+
+@dg.op
+def exploding_op() -> None:
+    raise ValueError("sweep exploded")
+
+
+@dg.job
+def probe_op_job() -> None:
+    exploding_op()
+
+
+def _failed_run_context(instance: dg.DagsterInstance, run_id: str) -> dg.RunFailureSensorContext:
+    run = instance.get_run_by_id(run_id)
+    assert run is not None
+    (failure,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert failure.dagster_event is not None
+    return dg.build_run_status_sensor_context(
+        sensor_name="sentry_run_failure_sensor",
+        dagster_event=failure.dagster_event,
+        dagster_instance=instance,
+        dagster_run=run,
+    ).for_run_failure()
+
+
+def _sentry_env(fake: FakeSentry) -> dict[str, str]:
+    return {"SENTRY_DSN": f"http://publickey1234@127.0.0.1:{fake.port}/42"}
+
+
+def test_a_hooked_job_failure_is_one_event_even_after_the_run_failure_sensor(
+    fake_sentry: FakeSentry,
+) -> None:
+    """The hook reports the step; the sensor, seeing the step failure of a hooked job, does not."""
+    assert dagster_sentry.init_sentry(_sentry_env(fake_sentry))
+    job = dagster_sentry.with_sentry(probe_op_job)
+    sensor = dagster_sentry.sentry_run_failure_sensor([job.name])
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not result.success
+        sensor(_failed_run_context(instance, result.run_id))
+    sentry_sdk.flush(timeout=10)
+    wait_until(lambda: len(fake_sentry.events()) >= 1, timeout=10, what="the hook's event")
+    (event,) = fake_sentry.events()
+    assert event["fingerprint"] == ["dagster", "probe_op_job", "exploding_op", "ValueError"]
+
+
+def test_the_run_failure_sensor_reports_a_job_without_the_hook_once(
+    fake_sentry: FakeSentry,
+) -> None:
+    """A UI materialization runs an implicit asset job the hook is not on: the sensor reports it."""
+    assert dagster_sentry.init_sentry(_sentry_env(fake_sentry))
+    sensor = dagster_sentry.sentry_run_failure_sensor(["some_other_job"])
+    with dg.instance_for_test() as instance:
+        result = probe_op_job.execute_in_process(instance=instance, raise_on_error=False)
+        sensor(_failed_run_context(instance, result.run_id))
+    sentry_sdk.flush(timeout=10)
+    wait_until(lambda: len(fake_sentry.events()) >= 1, timeout=10, what="the sensor's event")
+    (event,) = fake_sentry.events()
+    assert event["fingerprint"] == ["dagster", "probe_op_job", "run", "RunFailure"]
+    assert event["tags"]["run_id"] == result.run_id
+    assert event["level"] == "error"
+
+
+def test_every_registered_job_carries_the_hook() -> None:
+    from wx_orchestration.definitions import defs
+
+    for job in defs.resolve_all_job_defs():
+        if job.name.startswith("__"):
+            continue
+        assert dagster_sentry.sentry_failure_hook in job.hook_defs, job.name
 
 
 def test_nothing_is_initialised_without_a_dsn(monkeypatch: pytest.MonkeyPatch) -> None:

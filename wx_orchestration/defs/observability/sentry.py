@@ -2,33 +2,28 @@
 
 `init_sentry()` runs at the top level of `definitions.py`, so every process that loads the code
 location (webserver, daemon, each step subprocess) initialises it once. Nothing is sent when
-`SENTRY_DSN` is unset. Step failures are captured by the hook with the live exception; the
-run-failure sensor reports only runs that failed without a step failure (the hook already
-told Sentry about those), so one failure is one event. Both use the same fingerprint.
+`SENTRY_DSN` is unset. `with_sentry()` puts the failure hook on every job `definitions.py`
+registers and names them for the sensor it builds: step failures of those jobs are captured by
+the hook with the live exception; the run-failure sensor reports everything else (UI asset
+materializations, runs that failed before or outside any step), so one failure is one event.
+Both use the same fingerprint.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import dagster as dg
 import sentry_sdk
+from dagster_shared.record import copy
 from sentry_sdk.integrations.logging import ignore_logger
 
 from wx_orchestration.core.scrub import Scrubber, secrets_from_env
 
-log = logging.getLogger("wx_orchestration.sentry")
 _initialised = False
-# Jobs whose step failures the hook reports; the run-failure sensor leaves those to it.
-_HOOKED_JOBS: set[str] = set()
-
-
-def asset_job_with_sentry(name: str, **kwargs: Any) -> dg.UnresolvedAssetJobDefinition:
-    """`define_asset_job` with the Sentry failure hook on every step."""
-    _HOOKED_JOBS.add(name)
-    return dg.define_asset_job(name, hooks={sentry_failure_hook}, **kwargs)
+JobT = TypeVar("JobT")
 
 
 def init_sentry(env: dict[str, str] | None = None) -> bool:
@@ -81,16 +76,31 @@ def sentry_failure_hook(context: dg.HookContext) -> None:
             sentry_sdk.capture_message(f"{context.job_name}: step {context.step_key} failed")
 
 
-@dg.run_failure_sensor(name="sentry_run_failure_sensor", minimum_interval_seconds=60)
-def sentry_run_failure_sensor(context: dg.RunFailureSensorContext) -> None:
-    """Runs of unhooked jobs (UI asset materializations), and runs that failed before or outside
-    any step (launch errors, run worker crashes)."""
-    if context.dagster_run.job_name in _HOOKED_JOBS and context.get_step_failure_events():
-        return
-    run = context.dagster_run
-    error = context.failure_event.message or "run failed"
-    with sentry_sdk.new_scope() as scope:
-        _tags(scope, job=run.job_name, step=None, partition=run.tags.get("dagster/partition"),
-              run_id=run.run_id)  # fmt: skip
-        scope.fingerprint = fingerprint(run.job_name, None, "RunFailure")
-        sentry_sdk.capture_message(f"{run.job_name} run failed: {error}", level="error")
+def with_sentry(job: JobT) -> JobT:
+    """The same job with `sentry_failure_hook` on every step; `definitions.py` names the hooked
+    jobs to the run-failure sensor, and a test holds every registered job hooked."""
+    if isinstance(job, dg.JobDefinition):
+        return job.with_hooks({sentry_failure_hook})  # type: ignore[return-value]
+    # An asset job is resolved only when Definitions loads; its hooks are a field of the record.
+    return copy(job, hooks={*(getattr(job, "hooks", None) or ()), sentry_failure_hook})
+
+
+def sentry_run_failure_sensor(hooked_jobs: Iterable[str]) -> dg.RunFailureSensorDefinition:
+    """Reports failed runs the hook did not: those of jobs outside `hooked_jobs` (UI asset
+    materializations) and those that failed before or outside any step (launch errors, run
+    worker crashes)."""
+    hooked = frozenset(hooked_jobs)
+
+    @dg.run_failure_sensor(name="sentry_run_failure_sensor", minimum_interval_seconds=60)
+    def _sensor(context: dg.RunFailureSensorContext) -> None:
+        run = context.dagster_run
+        if run.job_name in hooked and context.get_step_failure_events():
+            return
+        error = context.failure_event.message or "run failed"
+        with sentry_sdk.new_scope() as scope:
+            _tags(scope, job=run.job_name, step=None, partition=run.tags.get("dagster/partition"),
+                  run_id=run.run_id)  # fmt: skip
+            scope.fingerprint = fingerprint(run.job_name, None, "RunFailure")
+            sentry_sdk.capture_message(f"{run.job_name} run failed: {error}", level="error")
+
+    return _sensor

@@ -9,6 +9,7 @@ from wx_orchestration.db.enrichment import CLAIMABLE
 from wx_orchestration.db.paced_writes import watermark_leads
 from wx_orchestration.db.sweeps import stranded_claims as count_stranded_claims
 from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
+from wx_orchestration.defs.observability.sentry import with_sentry
 from wx_orchestration.defs.resources import PostgresResource, RedisResource
 from wx_orchestration.defs.sweeps.jobs import FLOWSHEET_ENRICHMENT, StaleSweepConfig
 from wx_orchestration.settings import Settings, flowsheet_max_lead_from_env
@@ -175,10 +176,12 @@ HEALTH_CHECKS = [
     stream_lag,
 ]
 
-health_checks_job = dg.define_asset_job(
-    "health_checks_job",
-    selection=dg.AssetSelection.checks(*HEALTH_CHECKS),
-    description="Evaluate the health checks (also scheduled every 5 minutes).",
+health_checks_job = with_sentry(
+    dg.define_asset_job(
+        "health_checks_job",
+        selection=dg.AssetSelection.checks(*HEALTH_CHECKS),
+        description="Evaluate the health checks (also scheduled every 5 minutes).",
+    )
 )
 
 health_checks_schedule = dg.ScheduleDefinition(

@@ -13,7 +13,7 @@ from wx_orchestration.db.sweeps import (
     requeue,
 )
 from wx_orchestration.defs.enrichment.assets import BACKLOG_BUDGET_WAIT_S
-from wx_orchestration.defs.observability.sentry import sentry_failure_hook
+from wx_orchestration.defs.observability.sentry import with_sentry
 from wx_orchestration.defs.resources import LmlResource, PostgresResource
 from wx_orchestration.flows.enrichment import BACKLOG_ASK_WINDOW_S
 
@@ -75,7 +75,8 @@ def sweep_stale_claims(
     )
 
 
-@dg.job(hooks={sentry_failure_hook}, description="Expire stranded claims; count missed rows.")
+@with_sentry
+@dg.job(description="Expire stranded claims; count missed rows.")
 def stale_sweep_job() -> None:
     sweep_stale_claims()
 
@@ -119,6 +120,7 @@ def requeue_parked_rows(
     )
 
 
-@dg.job(hooks={sentry_failure_hook}, description="Operator: requeue parked rows (dry run first).")
+@with_sentry
+@dg.job(description="Operator: requeue parked rows (dry run first).")
 def requeue_parked_job() -> None:
     requeue_parked_rows()
