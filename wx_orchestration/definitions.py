@@ -20,7 +20,6 @@ from wx_orchestration.defs.resources import resources_from_env
 from wx_orchestration.defs.sweeps.checks import (
     HEALTH_CHECKS,
     health_checks_job,
-    health_checks_schedule,
 )
 from wx_orchestration.defs.sweeps.jobs import requeue_parked_job, stale_sweep_job
 from wx_orchestration.defs.sweeps.schedules import stale_sweep_schedule
@@ -41,7 +40,7 @@ defs = dg.Definitions(
     assets=[library_identity, flowsheet_enrichment, wx_cdc_stream, lml_budget],
     asset_checks=HEALTH_CHECKS,
     jobs=JOBS,
-    schedules=[library_identity_refresh_schedule, stale_sweep_schedule, health_checks_schedule],
+    schedules=[library_identity_refresh_schedule, stale_sweep_schedule],
     sensors=[
         enrichment_backlog_sensor,
         sidecar_health_sensor,

@@ -62,7 +62,7 @@ class SweepReport:
     raced: int = 0  # finalized (or reset) by someone else between our read and our write
     missed: int = 0
     missed_by_age: dict[str, int] | None = None
-    oldest_pending_age_s: float | None = None
+    oldest_missed_age_s: float | None = None
 
     def as_metadata(self) -> dict[str, object]:
         return {
@@ -71,5 +71,5 @@ class SweepReport:
             "raced": self.raced,
             "missed": self.missed,
             "missed_by_age": self.missed_by_age or {},
-            "oldest_pending_age_s": self.oldest_pending_age_s,
+            "oldest_missed_age_s": self.oldest_missed_age_s,
         }

@@ -108,7 +108,7 @@ def count_missed_pending(conn: psycopg.Connection, report: SweepReport, *, grace
         oldest = max(oldest or 0.0, float(max_age))
     report.missed = sum(by_age.values())
     report.missed_by_age = by_age
-    report.oldest_pending_age_s = round(oldest, 1) if oldest is not None else None
+    report.oldest_missed_age_s = round(oldest, 1) if oldest is not None else None
 
 
 def stranded_claims(conn: psycopg.Connection, *, lease_s: float) -> int:

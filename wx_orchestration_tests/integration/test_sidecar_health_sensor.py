@@ -17,10 +17,25 @@ from wx_orchestration.core.budget import BudgetLimits
 from wx_orchestration.defs.observability.assets import wx_cdc_stream
 from wx_orchestration.defs.observability.sensors import sidecar_health_sensor
 from wx_orchestration.defs.resources import LmlBudgetResource, PostgresResource, RedisResource
+from wx_orchestration.defs.sweeps.checks import HEALTH_CHECKS
 from wx_orchestration_tests.servers import STATION_SCHEMA
 
 
 def _evaluate_all(station_db: str, redis_url: str) -> dict[str, dict[str, object]]:
+    result = _sensor_result(station_db, redis_url)
+    assert not result.run_requests
+    observed = {}
+    for observation in result.asset_events:
+        if isinstance(observation, dg.AssetCheckEvaluation):
+            continue
+        assert isinstance(observation, dg.AssetObservation)
+        observed[observation.asset_key.to_user_string()] = {
+            key: getattr(value, "value", value) for key, value in observation.metadata.items()
+        }
+    return observed
+
+
+def _sensor_result(station_db: str, redis_url: str) -> dg.SensorResult:
     redis_resource = RedisResource(url=redis_url)
     with dg.build_sensor_context(
         resources={
@@ -31,14 +46,7 @@ def _evaluate_all(station_db: str, redis_url: str) -> dict[str, dict[str, object
     ) as context:
         result = sidecar_health_sensor(context)
     assert isinstance(result, dg.SensorResult)
-    assert not result.run_requests
-    observed = {}
-    for observation in result.asset_events:
-        assert isinstance(observation, dg.AssetObservation)
-        observed[observation.asset_key.to_user_string()] = {
-            key: getattr(value, "value", value) for key, value in observation.metadata.items()
-        }
-    return observed
+    return result
 
 
 def _evaluate(station_db: str, redis_url: str) -> dict[str, object]:
@@ -97,3 +105,22 @@ def test_sensor_and_asset_load_in_definitions() -> None:
     )
     dg.Definitions.validate_loadable(defs)
     assert defs.resolve_sensor_def("sidecar_health_sensor").minimum_interval_seconds == 60
+
+
+def test_evaluates_every_health_check_without_a_run(station_db: str, redis_url: str) -> None:
+    with psycopg.connect(station_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO wx_orchestration.dead_letters (source, payload, reason)"
+            " VALUES ('wx:cdc/eventlog', 'x', 'not JSON')"
+        )
+    result = _sensor_result(station_db, redis_url)
+    assert not result.run_requests
+    evaluations = {
+        e.check_name: e for e in result.asset_events if isinstance(e, dg.AssetCheckEvaluation)
+    }
+    assert set(evaluations) == {key.name for check in HEALTH_CHECKS for key in check.check_keys}
+    assert not evaluations["dead_letters"].passed
+    assert evaluations["stranded_claims"].passed
+    assert result.skip_reason is not None
+    reason = result.skip_reason.skip_message or ""
+    assert "failing: dead_letters" in reason

@@ -9,7 +9,6 @@ def test_jobs_schedules_sensors_and_assets_have_their_contract_names() -> None:
     assert {s.name for s in defs.schedules or []} >= {
         "library_identity_refresh_schedule",
         "stale_sweep_schedule",
-        "health_checks_schedule",
     }
     assert {s.name for s in defs.sensors or []} >= {
         "enrichment_backlog_sensor",

@@ -2,7 +2,9 @@
 
 Reads what the sidecar publishes (heartbeat hashes), what Redis knows about the stream's
 consumer groups, and the dead-letter table; records all of it on `wx_cdc_stream` every tick,
-changed or not, so the observation history is also a liveness history.
+changed or not, so the observation history is also a liveness history. It also evaluates the
+health checks (all reads) as check evaluations: a minute's resolution without a run a minute.
+Dagster marks a tick that launches no run "skipped"; its reason says what the tick recorded.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from wx_orchestration.contracts.cdc import (
 )
 from wx_orchestration.defs.observability.assets import LML_BUDGET_KEY, WX_CDC_STREAM_KEY
 from wx_orchestration.defs.resources import LmlBudgetResource, PostgresResource, RedisResource
+from wx_orchestration.defs.sweeps.checks import evaluate_health_checks
 
 
 def _heartbeats(client: Redis) -> list[SidecarHeartbeat]:
@@ -81,7 +84,8 @@ def sidecar_observation(
 @dg.sensor(
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Records the sidecar's heartbeat, stream lag and dead letters on wx_cdc_stream.",
+    description="Records the sidecar's heartbeat, stream lag and dead letters on wx_cdc_stream "
+    "and evaluates the health checks, every minute.",
 )
 def sidecar_health_sensor(
     context: dg.SensorEvaluationContext,
@@ -111,4 +115,12 @@ def sidecar_health_sensor(
             "limits": dg.MetadataValue.json(budget_states["lookup"]["limits"]),
         },
     )
-    return dg.SensorResult(asset_events=[observation, budget_observation])
+    checks = evaluate_health_checks({"postgres": postgres, "redis": redis})
+    failing = [e.check_name for e in checks if not e.passed]
+    return dg.SensorResult(
+        asset_events=[observation, budget_observation, *checks],
+        skip_reason=(
+            f"recorded: {len(beats)} sidecar(s) alive, {len(checks)} checks evaluated, "
+            f"failing: {', '.join(failing) or 'none'} (no run to launch)"
+        ),
+    )

@@ -1,4 +1,10 @@
-"""Asset checks: nothing stuck silently (issue #6). README's runbook says what to do for each."""
+"""Asset checks: nothing stuck silently. README's runbook says what to do for each.
+
+Every check here only reads, so `sidecar_health_sensor` evaluates them all each tick as check
+evaluations (no run, no process launch); `health_checks_job` evaluates them on demand.
+"""
+
+from typing import Any
 
 import dagster as dg
 
@@ -12,6 +18,7 @@ from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
 from wx_orchestration.defs.observability.sentry import with_sentry
 from wx_orchestration.defs.resources import PostgresResource, RedisResource
 from wx_orchestration.defs.sweeps.jobs import FLOWSHEET_ENRICHMENT, StaleSweepConfig
+from wx_orchestration.defs.sweeps.schedules import SWEEP_INTERVAL_S
 from wx_orchestration.settings import Settings, flowsheet_max_lead_from_env
 
 PENDING_WARN_S = 600
@@ -73,16 +80,18 @@ def oldest_pending_age(postgres: PostgresResource) -> dg.AssetCheckResult:
 
 @dg.asset_check(
     asset=FLOWSHEET_ENRICHMENT,
-    description="Claims older than the sweep's lease: 0 after a sweep, else it is not running.",
+    description="Claims older than the sweep's lease plus its interval: 0 while "
+    "stale_sweep_schedule runs, else it is off or failing.",
 )
 def stranded_claims(postgres: PostgresResource) -> dg.AssetCheckResult:
     lease_s = StaleSweepConfig().lease_s
+    older_than_s = lease_s + SWEEP_INTERVAL_S
     with postgres.connection() as conn:
-        stranded = count_stranded_claims(conn, lease_s=lease_s)
+        stranded = count_stranded_claims(conn, lease_s=older_than_s)
     return dg.AssetCheckResult(
         passed=stranded == 0,
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"stranded_claims": stranded, "lease_s": lease_s},
+        metadata={"stranded_claims": stranded, "older_than_s": older_than_s},
     )
 
 
@@ -180,13 +189,25 @@ health_checks_job = with_sentry(
     dg.define_asset_job(
         "health_checks_job",
         selection=dg.AssetSelection.checks(*HEALTH_CHECKS),
-        description="Evaluate the health checks (also scheduled every 5 minutes).",
+        description="Evaluate the health checks now (sidecar_health_sensor does every minute).",
     )
 )
 
-health_checks_schedule = dg.ScheduleDefinition(
-    name="health_checks_schedule",
-    job=health_checks_job,
-    cron_schedule="*/5 * * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
+
+def evaluate_health_checks(resources: dict[str, Any]) -> list[dg.AssetCheckEvaluation]:
+    """Each check's result as the evaluation a sensor records; `resources` by resource key."""
+    evaluations = []
+    for check in HEALTH_CHECKS:
+        result = check(**{k: v for k, v in resources.items() if k in check.required_resource_keys})
+        assert isinstance(result, dg.AssetCheckResult)
+        (check_key,) = check.check_keys
+        evaluations.append(
+            dg.AssetCheckEvaluation(
+                asset_key=check_key.asset_key,
+                check_name=check_key.name,
+                passed=result.passed,
+                severity=result.severity,
+                metadata=result.metadata,
+            )
+        )
+    return evaluations

@@ -69,7 +69,7 @@ def sweep_stale_claims(
                 "sweep_raced": report.raced,
                 "missed_pending": report.missed,
                 "missed_by_age": dg.MetadataValue.json(report.missed_by_age or {}),
-                "oldest_pending_age_s": report.oldest_pending_age_s,
+                "oldest_missed_age_s": report.oldest_missed_age_s,
             },
         )
     )
