@@ -6,7 +6,10 @@ import dagster as dg
 
 from wx_orchestration.defs.enrichment.assets import flowsheet_enrichment
 from wx_orchestration.defs.enrichment.jobs import enrichment_backlog_job
-from wx_orchestration.defs.enrichment.sensors import enrichment_backlog_sensor
+from wx_orchestration.defs.enrichment.sensors import (
+    enrichment_backlog_sensor,
+    enrichment_coverage_sensor,
+)
 from wx_orchestration.defs.identity.assets import library_identity
 from wx_orchestration.defs.identity.jobs import library_identity_refresh_job
 from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
@@ -17,6 +20,7 @@ from wx_orchestration.defs.observability.sentry import (
     sentry_run_failure_sensor,
 )
 from wx_orchestration.defs.resources import resources_from_env
+from wx_orchestration.defs.station.assets import STATION_ASSETS
 from wx_orchestration.defs.sweeps.checks import (
     HEALTH_CHECKS,
     health_checks_job,
@@ -37,12 +41,13 @@ JOBS = [
 ]
 
 defs = dg.Definitions(
-    assets=[library_identity, flowsheet_enrichment, wx_cdc_stream, lml_budget],
+    assets=[*STATION_ASSETS, library_identity, flowsheet_enrichment, wx_cdc_stream, lml_budget],
     asset_checks=HEALTH_CHECKS,
     jobs=JOBS,
     schedules=[library_identity_refresh_schedule, stale_sweep_schedule],
     sensors=[
         enrichment_backlog_sensor,
+        enrichment_coverage_sensor,
         sidecar_health_sensor,
         sentry_run_failure_sensor(job.name for job in JOBS),
     ],

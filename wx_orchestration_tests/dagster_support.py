@@ -37,6 +37,13 @@ def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, obj
     return {key: value.value for key, value in mat.metadata.items()}
 
 
+def observation_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
+    """Metadata values of the run's (first) asset observation."""
+    (event,) = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"][:1]
+    observation = event.asset_observation_data.asset_observation
+    return {key: value.value for key, value in observation.metadata.items()}
+
+
 def dagster_cli(home: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """`dagster <args>` as CI runs it: a fresh instance in `home`, the stack named by `env`."""
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

@@ -42,6 +42,9 @@ CLAIMABLE = f"""{_PENDING_PREDICATE}
   AND NOT EXISTS (
       SELECT 1 FROM wx_orchestration.enrichment_attempts AS a
       WHERE a.flowsheet_id = f.id AND a.next_attempt_at > now())"""
+# Track rows still owed a verdict: claimable now, waiting out a backoff, or claimed.
+UNFINISHED = f"""(f.metadata_status = 'enriching' OR ({_PENDING_PREDICATE}
+  AND btrim(f.artist_name, {_WHITESPACE}) <> ''))"""
 _RETURNING = """RETURNING f.id, f.enriching_since, f.album_id, f.artist_name, f.album_title,
     f.track_title,
     COALESCE((SELECT a.attempts FROM wx_orchestration.enrichment_attempts AS a

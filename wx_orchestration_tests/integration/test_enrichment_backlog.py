@@ -12,12 +12,17 @@ import psycopg
 import pytest
 
 from wx_orchestration.defs.enrichment.assets import flowsheet_enrichment
-from wx_orchestration.defs.enrichment.sensors import MAX_RUNS_PER_TICK, enrichment_backlog_sensor
+from wx_orchestration.defs.enrichment.sensors import (
+    MAX_RUNS_PER_TICK,
+    enrichment_backlog_sensor,
+    enrichment_coverage_sensor,
+)
 from wx_orchestration.defs.resources import PostgresResource
 from wx_orchestration_tests.dagster_support import (
     asset_resources,
     job_execute,
     materialization_metadata,
+    observation_metadata,
 )
 from wx_orchestration_tests.integration.test_enrichment_flow import DAY_START, SCHEMA, add_play
 
@@ -129,7 +134,9 @@ def test_time_budget_stops_cleanly(station_db, conn, lml_emulator, redis_url) ->
         config={"time_budget_s": 1e-9},
     )
     assert result.success
-    assert materialization_metadata(result)["stopped"] == "time_budget"
+    # Not done, so not materialized: the partition stays missing; the run says how far it got.
+    assert result.get_asset_materialization_events() == []
+    assert observation_metadata(result)["stopped"] == "time_budget"
     assert statuses(conn) == {"pending": 1}
 
 
@@ -229,6 +236,68 @@ def test_an_open_discogs_breaker_pauses_the_run_then_it_ends_cleanly(
         config={"breaker_wait_s": 0},
     )  # fmt: skip
     assert result.success
-    assert "breaker open" in str(materialization_metadata(result)["stopped"])
+    assert result.get_asset_materialization_events() == []
+    assert "breaker open" in str(observation_metadata(result)["stopped"])
     assert statuses(conn).get("pending") == 1
     assert [r["path"] for r in lml_emulator.requests()] == ["/health"]
+
+
+def test_a_wrong_partition_key_is_refused_before_any_work(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    add_play(conn, "Artist 1", add_time=DAY_START)
+    result = dg.materialize(
+        [flowsheet_enrichment],
+        resources=asset_resources(station_db, lml_emulator.url, redis_url),
+        tags={"dagster/partition": "2024-3-10"},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+    assert "partition key '2024-3-10' is not a partition of flowsheet_enrichment" in message
+    assert "2015-01-01 …" in message
+    assert statuses(conn) == {"pending": 1}
+    assert lml_emulator.requests() == []
+
+
+def coverage_tick(db_url: str, cursor: str | None = None) -> dg.SensorResult:
+    context = dg.build_sensor_context(
+        cursor=cursor, resources={"postgres": PostgresResource(database_url=db_url)}
+    )
+    result = enrichment_coverage_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def recorded_days(result: dg.SensorResult) -> dict[str, dict[str, object]]:
+    days = {}
+    for event in result.asset_events:
+        assert isinstance(event, dg.AssetMaterialization)
+        assert event.partition is not None
+        days[event.partition] = {k: getattr(v, "value", v) for k, v in event.metadata.items()}
+    return days
+
+
+def test_coverage_sensor_records_the_days_the_sidecar_finished(station_db, conn) -> None:
+    finished_at, finished = ny_day(timedelta(days=2))
+    unfinished_at, unfinished = ny_day(timedelta(days=3))
+    done = add_play(conn, "Artist 1", add_time=finished_at)
+    conn.execute("UPDATE flowsheet SET metadata_status = 'enriched_match' WHERE id = %s", (done,))
+    add_play(conn, "Artist 2", add_time=unfinished_at)
+    _, today = ny_day(timedelta(0))
+
+    first = coverage_tick(station_db)
+    days = recorded_days(first)
+    assert days[finished]["dagster/row_count"] == 1
+    assert days[finished]["matched"] == 1
+    assert unfinished not in days
+    assert today not in days
+    assert "2015-01-01" in days  # a day without plays owes nothing
+    assert first.cursor is not None
+
+    # The pending day finishes (e.g. a backlog run drained it): the next pass records it, once.
+    conn.execute("UPDATE flowsheet SET metadata_status = 'enriched_no_match'")
+    second = recorded_days(coverage_tick(station_db, first.cursor))
+    assert set(second) == {unfinished}
+    assert second[unfinished]["no_match"] == 1

@@ -1,5 +1,8 @@
 """The `flowsheet_enrichment` asset: drain a day's (or a backfilled range's) pending rows."""
 
+from collections.abc import Iterator
+from typing import Any
+
 import dagster as dg
 import pandas as pd
 import sentry_sdk
@@ -10,7 +13,11 @@ from wx_orchestration.clients.lml_budget import wait_until_lml_ready
 from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS
 from wx_orchestration.core.watermark_lead import MAX_BACKLOG_BATCH_CALLS, backlog_batch_rows
 from wx_orchestration.defs.enrichment.partitions import FLOWSHEET_DAYS
+from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
+from wx_orchestration.defs.partition_keys import require_known_partition
+from wx_orchestration.defs.policies import TRANSIENT_RETRY
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
+from wx_orchestration.defs.station.assets import LML_KEY
 from wx_orchestration.flows.enrichment import BacklogResult, drain_backlog
 
 # A backlog run holds its claim while it waits for the budget; past this wait the rows go back
@@ -60,6 +67,12 @@ def _outcome_table(result: BacklogResult) -> str:
 
 @dg.asset(
     partitions_def=FLOWSHEET_DAYS,
+    deps=[WX_CDC_STREAM_KEY, LML_KEY],
+    # Materialized only when the window is drained: a run that stops (time budget, breaker,
+    # budget wait, lost connection) records its progress as an observation and leaves the
+    # partitions unmaterialized, so partition status is the truth about coverage.
+    output_required=False,
+    retry_policy=TRANSIENT_RETRY,
     # A UI range backfill is one run over the whole window, not one run per day.
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool="lml",
@@ -78,7 +91,8 @@ def flowsheet_enrichment(
     lml: LmlResource,
     postgres: PostgresResource,
     lml_budget: LmlBudgetResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
+    require_known_partition(context)
     window = context.partition_time_window
     label = f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}"
     client = lml_budget.budgeted(lml, "backlog", wait_timeout_s=BACKLOG_BUDGET_WAIT_S)
@@ -87,7 +101,8 @@ def flowsheet_enrichment(
     )
     if stopped:
         context.log.warning(f"{label} not drained: {stopped}")
-        return dg.MaterializeResult(metadata={"stopped": stopped, "dagster/row_count": 0})
+        _observe_stop(context, {"stopped": stopped})
+        return
     with (
         sentry_sdk.start_span(op="flowsheet_enrichment.drain", name=label) as span,
         postgres.connection(autocommit=True) as conn,
@@ -107,39 +122,54 @@ def flowsheet_enrichment(
         except LmlError as exc:
             # Only an auth error escapes drain_backlog; its rows were released first.
             raise dg.Failure(
-                description=f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY."
+                description=f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY.",
+                allow_retries=False,
             ) from None
         for name, count in result.outcome.outcome_counts().items():
             span.set_data(f"outcome.{name}", count)
 
     outcome = result.outcome
     context.log.info(f"{label}: {outcome.outcome_counts()} ({result.stopped})")
-    return dg.MaterializeResult(
-        metadata={
-            "outcomes": dg.MetadataValue.json(outcome.outcome_counts()),
-            "outcome_table": dg.MetadataValue.md(_outcome_table(result)),
-            "rows_per_s": round(result.rows_per_s(), 1),
-            "lml_calls_per_row": round(result.lml_calls_per_row(), 4),
-            "lml_calls": outcome.lml_calls,
-            "lookups": outcome.lookups,
-            "cache_hits": outcome.cache_hits,
-            "parked": outcome.parked,
-            "batches": result.batches,
-            "stopped": result.stopped,
-            "seconds": dg.MetadataValue.json(
-                {
-                    "total": round(result.elapsed_s, 3),
-                    "claim": round(result.claim_s, 3),
-                    "lml": round(outcome.lml_s, 3),
-                    "write": round(outcome.write_s, 3),
-                }
-            ),
-            "dagster/row_count": outcome.rows,
-            "lml_budget": dg.MetadataValue.json(
-                {
-                    "lanes": lml_budget.get_budget().stats_summary(),
-                    "shared": lml_budget.get_budget().state("lookup"),
-                }
-            ),
-        }
+    metadata = {
+        "outcomes": dg.MetadataValue.json(outcome.outcome_counts()),
+        "outcome_table": dg.MetadataValue.md(_outcome_table(result)),
+        "rows_per_s": round(result.rows_per_s(), 1),
+        "lml_calls_per_row": round(result.lml_calls_per_row(), 4),
+        "lml_calls": outcome.lml_calls,
+        "lookups": outcome.lookups,
+        "cache_hits": outcome.cache_hits,
+        "parked": outcome.parked,
+        "batches": result.batches,
+        "stopped": result.stopped,
+        "seconds": dg.MetadataValue.json(
+            {
+                "total": round(result.elapsed_s, 3),
+                "claim": round(result.claim_s, 3),
+                "lml": round(outcome.lml_s, 3),
+                "write": round(outcome.write_s, 3),
+            }
+        ),
+        "dagster/row_count": outcome.rows,
+        "lml_budget": dg.MetadataValue.json(
+            {
+                "lanes": lml_budget.get_budget().stats_summary(),
+                "shared": lml_budget.get_budget().state("lookup"),
+            }
+        ),
+    }
+    if result.stopped != "drained":
+        context.log.warning(f"{label} not drained ({result.stopped}): left unmaterialized")
+        _observe_stop(context, metadata)
+        return
+    yield dg.MaterializeResult(metadata=metadata)
+
+
+def _observe_stop(context: dg.AssetExecutionContext, metadata: dict[str, Any]) -> None:
+    """A stopped run's progress, on the asset but not as a materialization of its partitions."""
+    window = context.partition_time_window
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=context.asset_key,
+            metadata={**metadata, "window": f"{window.start:%Y-%m-%d}..{window.end:%Y-%m-%d}"},
+        )
     )

@@ -1,4 +1,6 @@
-"""`enrichment_backlog_sensor`: launch a backlog run for each day that still has pending rows.
+"""`enrichment_backlog_sensor` and `enrichment_coverage_sensor`.
+
+`enrichment_backlog_sensor`: launch a backlog run for each day that still has pending rows.
 
 Each tick runs one aggregate over the pending partial index (bounded by a statement timeout, so a
 tick never blocks), takes the newest days whose claimable rows are older than the grace period,
@@ -7,19 +9,27 @@ highest pending id seen and when: a day is requested again only when newer rows 
 after a cooldown (its run may have stopped on its time budget, or rows came out of backoff).
 Run keys are `day + tick generation`, so re-evaluating a tick whose cursor was not saved
 requests nothing twice.
+
+`enrichment_coverage_sensor` records the days the sidecar finished (see `core/coverage.py`).
 """
 
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Self
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from wx_orchestration.core.coverage import CoverageCursor, days_to_record, pass_window
+from wx_orchestration.db.coverage import DayCoverage, day_coverage
 from wx_orchestration.db.enrichment import pending_days
 from wx_orchestration.defs.enrichment.jobs import enrichment_backlog_job
 from wx_orchestration.defs.enrichment.partitions import FLOWSHEET_DAYS, STATION_TIMEZONE
 from wx_orchestration.defs.resources import PostgresResource
+
+FLOWSHEET_ENRICHMENT_KEY = dg.AssetKey("flowsheet_enrichment")
 
 GRACE_PERIOD_S = 120.0
 MAX_RUNS_PER_TICK = 3
@@ -100,3 +110,55 @@ def enrichment_backlog_sensor(
         return dg.SkipReason(f"{len(days)} day(s) with pending rows, all requested recently")
     cursor.generation += 1
     return dg.SensorResult(run_requests=requests, cursor=cursor.dump(now))
+
+
+@dg.sensor(
+    minimum_interval_seconds=3600,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Records flowsheet_enrichment as materialized for each finished station day whose track "
+        "rows all have a verdict (most enriched live by the sidecar, never by a run), so the "
+        "partitions show enrichment coverage. Hourly; the first pass covers the whole history."
+    ),
+)
+def enrichment_coverage_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource
+) -> dg.SensorResult:
+    cursor = CoverageCursor.parse(context.cursor)
+    yesterday = datetime.now(ZoneInfo(STATION_TIMEZONE)).date() - timedelta(1)
+    start, end = pass_window(cursor, first_day=FLOWSHEET_DAYS.start.date(), yesterday=yesterday)
+    with postgres.connection() as conn:
+        conn.execute("SET LOCAL statement_timeout = '60s'")
+        coverage = {
+            c.day: c for c in day_coverage(conn, tz=STATION_TIMEZONE, first=start, last=end)
+        }
+    days = days_to_record(cursor, start, end, {d: c.unfinished for d, c in coverage.items()})
+    events = [
+        dg.AssetMaterialization(
+            asset_key=FLOWSHEET_ENRICHMENT_KEY,
+            partition=day.isoformat(),
+            metadata=_coverage_metadata(coverage.get(day)),
+        )
+        for day in days
+    ]
+    unfinished = sorted(d.isoformat() for d, c in coverage.items() if c.unfinished)
+    context.log.info(
+        f"{start}..{end}: {len(days)} day(s) recorded; unfinished: {unfinished[-5:] or 'none'}"
+    )
+    return dg.SensorResult(
+        asset_events=events,
+        cursor=cursor.dump(),
+        skip_reason=f"recorded {len(days)} finished day(s) of {start}..{end} (no run to launch)",
+    )
+
+
+def _coverage_metadata(day: DayCoverage | None) -> dict[str, int | str]:
+    if day is None:
+        return {"dagster/row_count": 0, "recorded_by": "enrichment_coverage_sensor"}
+    return {
+        "dagster/row_count": day.track_rows,
+        "matched": day.matched,
+        "no_match": day.no_match,
+        "parked": day.parked,
+        "recorded_by": "enrichment_coverage_sensor",
+    }

@@ -1,5 +1,7 @@
 """The `library_identity` asset: one library shard per partition, verdicts from LML."""
 
+from datetime import timedelta
+
 import dagster as dg
 import pandas as pd
 import sentry_sdk
@@ -15,7 +17,10 @@ from wx_orchestration.defs.identity.refresh import (
     RefreshResult,
     refresh_shard,
 )
+from wx_orchestration.defs.partition_keys import require_known_partition
+from wx_orchestration.defs.policies import TRANSIENT_RETRY
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
+from wx_orchestration.defs.station.assets import LIBRARY_KEY, LML_KEY
 
 LML_ERROR_RATE_WARN = 0.05
 DIFF_TABLE_ROWS = 50
@@ -97,6 +102,12 @@ def _checks(totals: IdentityTotals) -> list[dg.AssetCheckResult]:
 
 @dg.asset(
     partitions_def=LIBRARY_SHARDS,
+    deps=[LIBRARY_KEY, LML_KEY],
+    retry_policy=TRANSIENT_RETRY,
+    # The weekly schedule refreshes every shard; a shard not refreshed in 8 days is stale.
+    freshness_policy=dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(days=8), warn_window=timedelta(days=7, hours=6)
+    ),
     pool="lml",
     group_name="identity",
     kinds={"postgres"},
@@ -124,6 +135,7 @@ def library_identity(
     postgres: PostgresResource,
     lml_budget: LmlBudgetResource,
 ) -> dg.MaterializeResult:
+    require_known_partition(context)
     shard = int(context.partition_key)
     options = RefreshOptions(
         selection=Selection(

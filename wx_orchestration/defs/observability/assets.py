@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from wx_orchestration.contracts.cdc import CDC_STREAM
+from wx_orchestration.defs.station.assets import FLOWSHEET_KEY
 
 WX_CDC_STREAM_KEY = dg.AssetKey("wx_cdc_stream")
 
@@ -17,6 +18,7 @@ wx_cdc_stream = dg.AssetSpec(
         "`eventlog` and `enrichment`. Observed once a minute by `sidecar_health_sensor`."
     ),
     kinds={"redis"},
+    deps=[FLOWSHEET_KEY],
     metadata={"stream": CDC_STREAM},
 )
 
