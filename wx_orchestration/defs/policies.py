@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import dagster as dg
+from pydantic import ValidationError, model_validator
 
 # A run that dies on a dropped database connection or a failover tries again; rows it had
 # claimed are released by its own error path or the stale sweep. Failures that a retry cannot
@@ -10,3 +14,18 @@ import dagster as dg
 TRANSIENT_RETRY = dg.RetryPolicy(
     max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
+
+
+class NoRetryConfig(dg.Config):
+    """Run config whose invalid values fail the step once, naming the field, instead of being
+    retried by TRANSIENT_RETRY (Dagster builds the config inside the retried step)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _invalid_config_is_final(cls, data: object, handler: Callable[[object], Any]) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise dg.Failure(
+                description=f"invalid run config for {cls.__name__}: {exc}", allow_retries=False
+            ) from None

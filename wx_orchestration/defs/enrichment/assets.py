@@ -15,7 +15,7 @@ from wx_orchestration.core.watermark_lead import MAX_BACKLOG_BATCH_CALLS, backlo
 from wx_orchestration.defs.enrichment.partitions import FLOWSHEET_DAYS
 from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
 from wx_orchestration.defs.partition_keys import require_known_partition
-from wx_orchestration.defs.policies import TRANSIENT_RETRY
+from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.defs.station.assets import LML_KEY
 from wx_orchestration.flows.enrichment import BacklogResult, drain_backlog
@@ -25,7 +25,7 @@ from wx_orchestration.flows.enrichment import BacklogResult, drain_backlog
 BACKLOG_BUDGET_WAIT_S = 15.0
 
 
-class FlowsheetEnrichmentConfig(dg.Config):
+class FlowsheetEnrichmentConfig(NoRetryConfig):
     batch_size: int | None = Field(
         default=None,
         ge=1,

@@ -18,7 +18,7 @@ from wx_orchestration.defs.identity.refresh import (
     refresh_shard,
 )
 from wx_orchestration.defs.partition_keys import require_known_partition
-from wx_orchestration.defs.policies import TRANSIENT_RETRY
+from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.defs.station.assets import LIBRARY_KEY, LML_KEY
 
@@ -26,7 +26,7 @@ LML_ERROR_RATE_WARN = 0.05
 DIFF_TABLE_ROWS = 50
 
 
-class LibraryIdentityConfig(dg.Config):
+class LibraryIdentityConfig(NoRetryConfig):
     batch_size: int = Field(
         default=500, ge=1, le=1000, description="library rows per bulk-resolve call (LML caps 1000)"
     )
@@ -162,7 +162,7 @@ def library_identity(
             try:
                 result = refresh_shard(conn, client, options, progress=context.log.info)
             except LmlAuthError as exc:
-                raise dg.Failure(description=str(exc)) from None
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
         totals = result.totals
         for key, value in totals.as_dict().items():
             span.set_data(f"totals.{key}", value)
