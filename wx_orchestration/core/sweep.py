@@ -48,13 +48,6 @@ def expired_claim_reason(lease_s: float, attempt: int, *, worker_alive: bool) ->
     )
 
 
-def age_bucket(age_s: float) -> str:
-    for label, upper in AGE_BUCKETS:
-        if age_s < upper:
-            return label
-    return AGE_BUCKETS[-1][0]
-
-
 @dataclass
 class SweepReport:
     reset: int = 0

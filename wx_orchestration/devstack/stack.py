@@ -12,6 +12,7 @@ import importlib.util
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -47,6 +48,36 @@ def state_dir() -> Path:
 
 def stack_file(root: Path) -> Path:
     return root / "stack.json"
+
+
+def env_file(root: Path) -> Path:
+    return root / "env"
+
+
+# What a shell needs to reach the running stack: `dagster job execute`, `wx migrate`, psql.
+STACK_ENV_NAMES = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "LIBRARY_METADATA_URL",
+    "WXYC_SCHEMA_NAME",
+    "DAGSTER_HOME",
+    "DAGSTER_PG_URL",
+)
+
+
+def shell_exports(env: dict[str, str]) -> str:
+    """`export NAME=value` lines for `eval "$(wx env)"`, values quoted for POSIX shells."""
+    return "".join(
+        f"export {name}={shlex.quote(env[name])}\n" for name in STACK_ENV_NAMES if name in env
+    )
+
+
+def write_env_file(root: Path, env: dict[str, str]) -> None:
+    # Unredacted URLs (they may carry a password the user gave us): readable by the owner only.
+    path = env_file(root)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(shell_exports(env))
 
 
 def read_stack(root: Path) -> dict[str, str]:
@@ -138,6 +169,7 @@ class Stack:
             supervisor_pid=str(os.getpid()),
         )
         stack_file(self.root).write_text(json.dumps(self.info, indent=2))
+        write_env_file(self.root, env)
 
     def _postgres(self, settings: Settings) -> tuple[str, str]:
         if settings.database_url:
@@ -301,4 +333,5 @@ def run_down(timeout: float = 60.0) -> list[str]:
     stopped += reap_stale(root / "run")
     supervisor.unlink(missing_ok=True)
     stack_file(root).unlink(missing_ok=True)
+    env_file(root).unlink(missing_ok=True)
     return stopped

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import shutil
 import struct
 import time
 import zlib
@@ -11,29 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from wx_orchestration.contracts.live import LIVE_STREAM
-from wx_orchestration_tests.integration.sidecar_support import REPO_ROOT, connect, poll
+from wx_orchestration_tests.chromium import ARTIFACTS, chromium
+from wx_orchestration_tests.integration.sidecar_support import connect, poll
 from wx_orchestration_tests.integration.test_live_feed import (
     LiveServer,
     insert_play,
     serving_live,
     set_status,
 )
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 pytestmark = pytest.mark.browser
 
@@ -58,15 +45,8 @@ def png_data_url(size: int, rgb: tuple[int, int, int]) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if shutil.which(CHROMIUM) is None:
-        pytest.fail(
-            f"{CHROMIUM} not found: install Debian's chromium package (`apt-get install "
-            "chromium`, as .ci/run does); the browser tests never download a browser"
-        )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture

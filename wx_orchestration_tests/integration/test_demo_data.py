@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from wx_orchestration.devstack.cli import main
+from wx_orchestration.cli import main
 from wx_orchestration_tests.servers import STATION_SCHEMA
 
 

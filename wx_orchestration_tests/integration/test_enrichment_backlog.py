@@ -75,7 +75,9 @@ def test_a_run_drains_its_day_only(station_db, conn, lml_emulator, redis_url) ->
     assert metadata["lookups"] == 20  # each distinct (artist, album, track) once per run
     assert metadata["dagster/row_count"] == 30
     assert metadata["stopped"] == "drained"
-    assert "| outcome" in str(metadata["outcome_table"])
+    table = metadata["outcome_table"]
+    assert isinstance(table, dg.TableMetadataValue)
+    assert {r.data["outcome"]: r.data["rows"] for r in table.records} == outcomes
     assert {"rows_per_s", "lml_calls_per_row", "seconds"} <= set(metadata)
     assert statuses(conn)["pending"] == 2
     pending = conn.execute("SELECT id FROM flowsheet WHERE metadata_status = 'pending'")

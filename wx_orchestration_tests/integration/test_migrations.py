@@ -213,7 +213,7 @@ def test_status_lists_pending_then_applied(fresh_database: str) -> None:
 def test_the_mirror_never_goes_over_the_stations_own_tables(
     fresh_database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wx_orchestration.devstack.cli import main
+    from wx_orchestration.cli import main
 
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         # A database built by the station's own migrations: its flowsheet, not our mirror's.

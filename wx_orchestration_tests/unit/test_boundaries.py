@@ -115,6 +115,7 @@ def test_only_devstack_knows_about_embedded_servers() -> None:
             n for n in imports_of(path) if n.startswith(embedded)
         )
         for path in sorted(PACKAGE.rglob("*.py"))
-        if "devstack" not in path.parts
+        # The `wx` command drives the dev stack, importing it only inside those commands.
+        if "devstack" not in path.parts and path != PACKAGE / "cli.py"
     }
     assert {k: v for k, v in bad.items() if v} == {}

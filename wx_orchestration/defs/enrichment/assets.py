@@ -4,7 +4,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 import sentry_sdk
 from pydantic import Field
 
@@ -18,7 +17,8 @@ from wx_orchestration.defs.partition_keys import require_known_partition
 from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.defs.station.assets import LML_KEY
-from wx_orchestration.flows.enrichment import BacklogResult, drain_backlog
+from wx_orchestration.defs.tables import outcome_table
+from wx_orchestration.flows.enrichment import drain_backlog
 
 # A backlog run holds its claim while it waits for the budget; past this wait the rows go back
 # to `pending` (not their fault) and the run stops, well before the stale sweep's lease.
@@ -56,13 +56,6 @@ def _batch_rows(lml_budget: LmlBudgetResource) -> int:
         items_per_call=MAX_LOOKUP_BULK_ITEMS,
         max_calls=MAX_BACKLOG_BATCH_CALLS,
     )
-
-
-def _outcome_table(result: BacklogResult) -> str:
-    outcome = result.outcome
-    frame = pd.DataFrame(list(outcome.outcome_counts().items()), columns=["outcome", "rows"])
-    frame["share"] = (frame["rows"] / max(outcome.rows, 1)).map("{:.1%}".format)
-    return frame.to_markdown(index=False)
 
 
 @dg.asset(
@@ -132,7 +125,7 @@ def flowsheet_enrichment(
     context.log.info(f"{label}: {outcome.outcome_counts()} ({result.stopped})")
     metadata = {
         "outcomes": dg.MetadataValue.json(outcome.outcome_counts()),
-        "outcome_table": dg.MetadataValue.md(_outcome_table(result)),
+        "outcome_table": outcome_table(outcome.outcome_counts().items(), outcome.rows),
         "rows_per_s": round(result.rows_per_s(), 1),
         "lml_calls_per_row": round(result.lml_calls_per_row(), 4),
         "lml_calls": outcome.lml_calls,

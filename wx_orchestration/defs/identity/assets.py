@@ -3,7 +3,6 @@
 from datetime import timedelta
 
 import dagster as dg
-import pandas as pd
 import sentry_sdk
 from pydantic import Field
 
@@ -21,6 +20,7 @@ from wx_orchestration.defs.partition_keys import require_known_partition
 from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.defs.station.assets import LIBRARY_KEY, LML_KEY
+from wx_orchestration.defs.tables import outcome_table, table
 
 LML_ERROR_RATE_WARN = 0.05
 DIFF_TABLE_ROWS = 50
@@ -49,35 +49,27 @@ class LibraryIdentityConfig(NoRetryConfig):
     )
 
 
-def _outcome_table(totals: IdentityTotals) -> str:
-    rows = [
-        ("resolved", totals.rows_resolved),
-        ("resolved (compilation)", totals.rows_resolved_compilation),
-        ("unresolved", totals.rows_unresolved),
-        *((f"skipped: {reason}", count) for reason, count in totals.rows_skipped.items()),
-    ]
-    frame = pd.DataFrame(rows, columns=["outcome", "rows"])
-    frame["share"] = (frame["rows"] / max(totals.scanned, 1)).map("{:.1%}".format)
-    return frame.to_markdown(index=False)
+def _outcome_table(totals: IdentityTotals) -> dg.TableMetadataValue:
+    return outcome_table(
+        [
+            ("resolved", totals.rows_resolved),
+            ("resolved (compilation)", totals.rows_resolved_compilation),
+            ("unresolved", totals.rows_unresolved),
+            *((f"skipped: {reason}", count) for reason, count in totals.rows_skipped.items()),
+        ],
+        totals.scanned,
+    )
 
 
 def _diff_metadata(diff: IdentityDiff) -> dict[str, dg.MetadataValue]:
-    changes = pd.DataFrame(
-        [
-            {
-                "library_id": c.library_id,
-                "row": c.target,
-                "action": c.action,
-                "fields": ", ".join(c.fields),
-            }
-            for c in diff.changes[:DIFF_TABLE_ROWS]
-        ],
-        columns=["library_id", "row", "action", "fields"],
-    )
     return {
         "diff": dg.MetadataValue.json(diff.counts),
-        "diff_changes": dg.MetadataValue.md(
-            changes.to_markdown(index=False) if len(changes) else "_no changes_"
+        "diff_changes": table(
+            [("library_id", "int"), ("row", "string"), ("action", "string"), ("fields", "string")],
+            (
+                (c.library_id, c.target, c.action, ", ".join(c.fields))
+                for c in diff.changes[:DIFF_TABLE_ROWS]
+            ),
         ),
     }
 
@@ -171,7 +163,7 @@ def library_identity(
     context.log.info(f"shard {shard:02d} done: {totals.as_dict()}")
     metadata: dict[str, dg.RawMetadataValue] = {
         "totals": dg.MetadataValue.json(totals.as_dict()),
-        "outcomes": dg.MetadataValue.md(_outcome_table(totals)),
+        "outcomes": _outcome_table(totals),
         "lml_latency_p50_ms": latency["p50"],
         "lml_latency_p95_ms": latency["p95"],
         "batches": result.batches,

@@ -1,7 +1,6 @@
 """`stale_sweep_job` (every minute) and `requeue_parked_job` (by hand)."""
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from wx_orchestration.core.enrichment import RetryPolicy
@@ -15,6 +14,7 @@ from wx_orchestration.db.sweeps import (
 from wx_orchestration.defs.enrichment.assets import BACKLOG_BUDGET_WAIT_S
 from wx_orchestration.defs.observability.sentry import with_sentry
 from wx_orchestration.defs.resources import LmlResource, PostgresResource
+from wx_orchestration.defs.tables import table
 from wx_orchestration.flows.enrichment import BACKLOG_ASK_WINDOW_S
 
 FLOWSHEET_ENRICHMENT = dg.AssetKey("flowsheet_enrichment")
@@ -102,10 +102,6 @@ def requeue_parked_rows(
             if config.dry_run
             else requeue(conn, [row.flowsheet_id for row in parked])
         )
-    table = pd.DataFrame(
-        [(r.flowsheet_id, r.reason, r.last_attempt_at) for r in parked[:100]],
-        columns=["flowsheet_id", "parked_reason", "last_attempt_at"],
-    )
     verb = "would requeue" if config.dry_run else "requeued"
     context.log.info(f"{verb} {len(touched)} parked row(s)")
     return dg.Output(
@@ -113,8 +109,13 @@ def requeue_parked_rows(
         metadata={
             "dry_run": config.dry_run,
             "rows": len(touched),
-            "parked_rows": dg.MetadataValue.md(
-                table.to_markdown(index=False) if len(table) else "_none_"
+            "parked_rows": table(
+                [
+                    ("flowsheet_id", "int"),
+                    ("parked_reason", "string"),
+                    ("last_attempt_at", "string"),
+                ],
+                ((r.flowsheet_id, r.reason, str(r.last_attempt_at)) for r in parked[:100]),
             ),
         },
     )

@@ -1,4 +1,8 @@
-"""The `wx` command: run, migrate, seed, stop and inspect the local stack."""
+"""The `wx` command: run, migrate, seed, stop and inspect the local stack.
+
+`wx migrate` is all a runtime install (the image) needs; the other commands drive the dev
+stack (`wx_orchestration.devstack`), which a checkout has and the runtime wheel leaves out.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def _database_url(settings: Settings) -> str:
     raise SettingsError(
         "DATABASE_URL is not set"
         + (
-            " (a `wx up` is running: export DATABASE_URL from `wx status`)"
+            ' (a `wx up` is running: eval "$(wx env)" exports it)'
             if read_stack(state_dir())
             else ""
         )
@@ -88,6 +92,22 @@ def cmd_status(_args: argparse.Namespace) -> int:
     return 0 if running else 3
 
 
+def cmd_env(_args: argparse.Namespace) -> int:
+    from wx_orchestration.devstack.processes import running_names
+    from wx_orchestration.devstack.stack import env_file, state_dir
+
+    root = state_dir()
+    if not running_names(root / "run"):
+        print("wx up is not running: start it with ./run up", file=sys.stderr)
+        return 3
+    try:
+        print(env_file(root).read_text(), end="")
+    except OSError:
+        print("wx up is still starting: try again when `wx status` lists it", file=sys.stderr)
+        return 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wx", description="wx_orchestration: run and manage the local stack."
@@ -149,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="List running children and addresses. Exit code 3 when nothing runs.",
     )
     status.set_defaults(func=cmd_status)
+
+    env = sub.add_parser(
+        "env",
+        help="print the exports that reach the running stack",
+        description=(
+            'For a shell or CI step beside `wx up`: eval "$(wx env)" sets DATABASE_URL, '
+            "REDIS_URL, LIBRARY_METADATA_URL, WXYC_SCHEMA_NAME, DAGSTER_HOME and DAGSTER_PG_URL, "
+            "after which `dagster job execute -m wx_orchestration.definitions -j <job>` runs "
+            "against it. Exit code 3 when nothing runs."
+        ),
+    )
+    env.set_defaults(func=cmd_env)
     return parser
 
 
@@ -166,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     except MigrationError as exc:
         print(f"wx: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("wx_orchestration.devstack"):
+            raise
+        print(
+            f"wx {args.command}: the dev stack is not part of this install (the runtime wheel "
+            "has `wx migrate` only); run it from a checkout: ./run up",
+            file=sys.stderr,
+        )
+        return 2
     except BrokenPipeError:
         # `wx status | head`: the reader left. Point stdout at /dev/null so that the flush at
         # exit does not fail a second time with a traceback.
