@@ -157,3 +157,5 @@ class BulkLookupResponse(LmlBody):
 class HealthResponse(LmlBody):
     status: str | None = None
     discogs_breaker_state: str | None = None
+    # Older LMLs (February 2026) report upstreams here instead, e.g. {"discogs_api": "ok"}.
+    services: dict[str, Any] | None = None
