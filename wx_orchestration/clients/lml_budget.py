@@ -411,6 +411,9 @@ class BudgetedLml:
         # Health checks are how callers decide whether to spend budget; they cost none.
         return self.client.health()
 
+    def lacks(self, path: str) -> bool:
+        return self.client.lacks(path)
+
 
 def wait_until_lml_ready(
     lml: LmlApi,

@@ -459,7 +459,7 @@ def test_command_line_prints_its_url() -> None:
         (403, "auth", False),
         (413, "too_large", False),
         (422, "http", False),
-        (404, "http", False),
+        (404, "endpoint_missing", False),
     ],
 )
 def test_status_mapping(
