@@ -14,12 +14,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from wx_orchestration.clients.lml import LmlClient
-from wx_orchestration.contracts.lml import BulkLookupResponse, LookupItem
+from wx_orchestration.contracts.lml import LookupItem
 from wx_orchestration.core.enrichment import LookupKey, RetryPolicy, lookup_item
 from wx_orchestration.db.enrichment import claim_backlog_batch, claim_rows_by_ids
 from wx_orchestration.devstack.lml_emulator import lookup_item as emulated_lookup
 from wx_orchestration.devstack.station_rows import insert_library
-from wx_orchestration.flows.enrichment import drain_backlog, enrich_claimed
+from wx_orchestration.flows.enrichment import Answer, drain_backlog, enrich_claimed
 from wx_orchestration_tests.scripted_lml import ScriptedLml
 
 SCHEMA = "wxyc_schema"
@@ -342,7 +342,7 @@ def test_distinct_keys_are_looked_up_once_in_chunks_of_100(conn, lml_emulator, l
     ids.append(add_play(conn, " Artist 0 "))  # the same key once trimmed
     calls: list[int] = []
 
-    def hook(call: Callable[[], BulkLookupResponse], items: int) -> BulkLookupResponse:
+    def hook(call: Callable[[], Answer], items: int) -> Answer:
         calls.append(items)
         return call()
 
@@ -481,7 +481,7 @@ def test_a_backlog_finalize_whose_connection_is_cut_is_done_on_a_new_one(
     with psycopg.connect(station_db, autocommit=True) as run_conn:
         run_conn.execute(f"SET search_path TO {SCHEMA}, wx_orchestration")
 
-        def cut_during_the_call(call: Callable[[], BulkLookupResponse], _items: int) -> Any:
+        def cut_during_the_call(call: Callable[[], Answer], _items: int) -> Answer:
             # From another connection, while the claim is in hand and LML is being asked.
             conn.execute("SELECT pg_terminate_backend(%s)", (run_conn.info.backend_pid,))
             return call()
