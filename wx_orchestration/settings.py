@@ -12,12 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from wx_orchestration.contracts.lml import normalize_lml_url
+from wx_orchestration.contracts.lml import DEFAULT_LML_RETRY_AFTER_CAP_S, normalize_lml_url
 
 DEFAULT_STATION_SCHEMA = "wxyc_schema"
-# A Retry-After is honoured up to this (`LML_RETRY_AFTER_CAP_S`): a misconfigured LML answering
-# "come back tomorrow" must not stop enrichment for a day.
-DEFAULT_LML_RETRY_AFTER_CAP_S = 300.0
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from wx_orchestration.contracts.lml import (
     BULK_RESOLVE_PATH,
+    DEFAULT_LML_RETRY_AFTER_CAP_S,
     HEALTH_PATH,
     LOOKUP_BULK_PATH,
     LOOKUP_PATH,
@@ -47,7 +48,6 @@ from wx_orchestration.contracts.lml import (
     LookupResponse,
     normalize_lml_url,
 )
-from wx_orchestration.settings import DEFAULT_LML_RETRY_AFTER_CAP_S, redact_url
 
 LOGGER = logging.getLogger("wx_orchestration.lml")
 
@@ -300,6 +300,9 @@ class LmlClient:
         if retry_after_cap_s < 0:
             raise ValueError("retry_after_cap_s must be >= 0")
         self.base_url = base_url
+        # What error lines show: the base URL without any user or password in it.
+        parts = urlsplit(base_url)
+        self._shown_url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
         self.caller = caller
         self.retry_after_cap_s = retry_after_cap_s
         self._missing: set[str] = set()
@@ -411,7 +414,7 @@ class LmlClient:
 
     def url(self, path: str) -> str:
         """The absolute URL of `path`, as error lines name it (never with a password)."""
-        return redact_url(self.base_url) + path
+        return self._shown_url + path
 
     def _call(
         self,
@@ -543,7 +546,7 @@ class LmlClient:
         if first:
             LOGGER.error(
                 "LML at %s has no %s %s (it answered 404: an LML older than this endpoint); %s",
-                redact_url(self.base_url),
+                self._shown_url,
                 method,
                 path,
                 _WITHOUT_ENDPOINT.get(path, "calls to it fail"),

@@ -20,6 +20,9 @@ HEALTH_PATH = "/health"
 
 MAX_BULK_RESOLVE_INPUTS = 1000
 MAX_LOOKUP_BULK_ITEMS = 100
+# A Retry-After is honoured up to this (`LML_RETRY_AFTER_CAP_S`): a misconfigured LML answering
+# "come back tomorrow" must not stop enrichment for a day.
+DEFAULT_LML_RETRY_AFTER_CAP_S = 300.0
 
 _API_PREFIX = "/api/v1"
 

@@ -23,6 +23,7 @@ from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
 from wx_orchestration.clients.redis_client import shared_redis
 from wx_orchestration.contracts.lml import (
     BACKLOG_LOOKUPS,
+    DEFAULT_LML_RETRY_AFTER_CAP_S,
     BulkLookupResponse,
     BulkResolveInput,
     BulkResolveResponse,
@@ -33,7 +34,6 @@ from wx_orchestration.contracts.lml import (
 from wx_orchestration.core.budget import BudgetLimits
 from wx_orchestration.db.pool import shared_pool
 from wx_orchestration.settings import (
-    DEFAULT_LML_RETRY_AFTER_CAP_S,
     DEFAULT_STATION_SCHEMA,
     Settings,
     redact_url,

@@ -29,7 +29,8 @@ start values with `DELETE /_emulator/faults`. Faults apply to the `/api/v1/*` en
 
 Modes (`mode`, started from env `LML_EMULATOR_MODE`; switchable like a fault):
 
-- `current` (default): the LML of today.
+- `current` (default): the LML of today (`tracks_contract_version` null, even for compilations
+  sent with `include_tracks`).
 - `feb2026`: the February 2026 LML: `/api/v1/lookup` and `/health` only (the bulk lookup and
   identity endpoints answer 404), no `degraded` field, and `/health` reports
   `services.discogs_api` instead of a breaker state. With `discogs_unavailable` it says
@@ -504,11 +505,11 @@ class LmlEmulator:
             results.append(resolve_library(impostor, request.include_tracks))
         if faults.duplicate_results and results:
             results.append(dict(results[0]))
-        has_compilation = any(result["kind"] == "compilation" for result in results)
         return count, {
             "results": results,
             "cache_stats": {"hits": 0, "misses": count, "emulator": True},
-            "tracks_contract_version": 1 if has_compilation or request.include_tracks else None,
+            # What a current LML answers, compilations and `include_tracks` or not.
+            "tracks_contract_version": None,
         }
 
     def _lookup_bulk(self, body: object, faults: Faults) -> tuple[int, dict[str, Any]]:
