@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from wx_orchestration.clients.lml import LmlClient, LmlError
-from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
+from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget, wait_until_lml_ready
 from wx_orchestration.contracts.lml import LOOKUP_BULK_PATH, LOOKUP_PATH
 from wx_orchestration.core.budget import BudgetLimits, lane_family
 from wx_orchestration.db.enrichment import claim_rows_by_ids
@@ -263,3 +263,13 @@ def test_feb2026_live_lookups_each_draw_on_the_shared_budget(
     per_item = calls(lml_emulator, LOOKUP_PATH)
     assert len(per_item) == 2
     assert all(c["caller"]["x-caller-reason"] == "enrichment-worker" for c in per_item)
+
+
+@pytest.mark.parametrize(
+    ("down", "reason"), [(True, "LML reports discogs_api unavailable"), (False, None)]
+)
+def test_batch_runs_wait_while_an_older_lml_has_no_discogs(
+    lml_emulator: EmulatorHandle, client: LmlClient, down: bool, reason: str | None
+) -> None:
+    lml_emulator.set_faults(mode="feb2026", discogs_unavailable=down)
+    assert wait_until_lml_ready(client, max_wait_s=0) == reason
