@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from wx_orchestration.contracts.lml import DEFAULT_LML_RETRY_AFTER_CAP_S, normalize_lml_url
+
 DEFAULT_STATION_SCHEMA = "wxyc_schema"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -80,6 +82,8 @@ class Settings:
     sidecar_host: str
     sidecar_port: int
     freshness_target_s: float
+    # The longest LML `Retry-After` honoured; longer ones are capped (and logged).
+    lml_retry_after_cap_s: float = DEFAULT_LML_RETRY_AFTER_CAP_S
     # /readyz details (raw errors naming hosts and users) for clients beyond loopback.
     sidecar_readyz_details: bool = False
 
@@ -104,7 +108,7 @@ class Settings:
                 env.get("WXYC_SCHEMA_NAME", "") or DEFAULT_STATION_SCHEMA
             ),
             redis_url=env.get("REDIS_URL", ""),
-            lml_url=env.get("LIBRARY_METADATA_URL", "").rstrip("/"),
+            lml_url=normalize_lml_url(env.get("LIBRARY_METADATA_URL", "")),
             lml_api_key=env.get("LML_API_KEY", ""),
             lml_timeout_s=env_float(env, "LML_TIMEOUT_S", 10.0, minimum=0.1),
             sentry_dsn=env.get("SENTRY_DSN", ""),
@@ -114,6 +118,9 @@ class Settings:
             sidecar_host=env.get("WX_SIDECAR_HOST", "") or "127.0.0.1",
             sidecar_port=env_int(env, "WX_SIDECAR_PORT", 8686, minimum=1),
             freshness_target_s=env_float(env, "WX_FRESHNESS_TARGET_S", 30.0, minimum=0.1),
+            lml_retry_after_cap_s=env_float(
+                env, "LML_RETRY_AFTER_CAP_S", DEFAULT_LML_RETRY_AFTER_CAP_S
+            ),
             sidecar_readyz_details=env.get("WX_SIDECAR_READYZ_DETAILS", "").strip() == "1",
         )
 

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Protocol, Self, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from wx_orchestration.contracts.lml import (
     BULK_RESOLVE_PATH,
+    DEFAULT_LML_RETRY_AFTER_CAP_S,
     HEALTH_PATH,
     LOOKUP_BULK_PATH,
     LOOKUP_PATH,
@@ -42,14 +43,23 @@ from wx_orchestration.contracts.lml import (
     BulkResolveRequest,
     BulkResolveResponse,
     HealthResponse,
+    LookupCaller,
     LookupItem,
     LookupResponse,
+    normalize_lml_url,
 )
 
 LOGGER = logging.getLogger("wx_orchestration.lml")
 
 LmlErrorKind = Literal[
-    "timeout", "network", "http", "auth", "too_large", "invalid_response", "rate_limited"
+    "timeout",
+    "network",
+    "http",
+    "auth",
+    "too_large",
+    "invalid_response",
+    "rate_limited",
+    "endpoint_missing",
 ]
 _RETRYABLE_KINDS = frozenset({"timeout", "network", "rate_limited"})
 
@@ -62,6 +72,14 @@ _BACKOFF_BASE_S = 0.2
 _BACKOFF_CAP_S = 5.0
 # The least time worth starting a retry with.
 _MIN_ATTEMPT_S = 0.1
+# Pauses longer than this are worth a line in the log.
+_LONG_PAUSE_S = 60.0
+# What an LML without an endpoint (an older version: it answers 404) costs us, for the one line
+# that says so.
+_WITHOUT_ENDPOINT = {
+    LOOKUP_BULK_PATH: f"lookups fall back to one POST {LOOKUP_PATH} per item",
+    BULK_RESOLVE_PATH: "library identity cannot run against this LML",
+}
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -233,6 +251,14 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class _Extra:
+    """What a lookup adds to its request: the caller's headers and query parameters."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class _Exchange:
     status: int
     headers: httpx.Headers
@@ -244,7 +270,12 @@ class LmlClient:
 
     `total_timeout` bounds each method call including retries and backoff; retryable errors
     (timeouts, network errors, 5xx, 429) are retried at most `max_retries` times, honouring
-    `Retry-After`, and never past that deadline.
+    `Retry-After` up to `retry_after_cap_s`, and never past that deadline.
+
+    The base URL is read as the station's client reads `LIBRARY_METADATA_URL` (a trailing
+    `/api/v1` or slash is dropped). Lookups carry `caller`'s headers and query parameter. An
+    endpoint that answers 404 is said once to be missing (an older LML) and is not asked again
+    by this client: its calls raise `endpoint_missing` without sending.
     """
 
     def __init__(
@@ -255,14 +286,27 @@ class LmlClient:
         read_timeout: float = 30.0,
         total_timeout: float = 60.0,
         max_retries: int = 2,
+        *,
+        caller: LookupCaller | None = None,
+        retry_after_cap_s: float = DEFAULT_LML_RETRY_AFTER_CAP_S,
     ) -> None:
+        base_url = normalize_lml_url(base_url)
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"LML base URL must be http(s), got {base_url!r}")
         if min(connect_timeout, read_timeout, total_timeout) <= 0:
             raise ValueError("LML timeouts must be positive")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        self.base_url = base_url.rstrip("/")
+        if retry_after_cap_s < 0:
+            raise ValueError("retry_after_cap_s must be >= 0")
+        self.base_url = base_url
+        # What error lines show: the base URL without any user or password in it.
+        parts = urlsplit(base_url)
+        self._shown_url = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+        self.caller = caller
+        self.retry_after_cap_s = retry_after_cap_s
+        self._missing: set[str] = set()
+        self._missing_lock = threading.Lock()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.total_timeout = total_timeout
@@ -350,16 +394,27 @@ class LmlClient:
             )
         request = BulkLookupRequest.model_validate({"items": list(items)})
         payload = request.model_dump_json(exclude_none=True).encode()
-        return self._call("POST", LOOKUP_BULK_PATH, payload, BulkLookupResponse, len(items), stats)
+        return self._call(
+            "POST", LOOKUP_BULK_PATH, payload, BulkLookupResponse, len(items), stats, lookup=True
+        )
 
     def lookup(
         self, item: LookupItem | Mapping[str, Any], *, stats: LmlCallRecorder | None = None
     ) -> LookupResponse:
         payload = LookupItem.model_validate(item).model_dump_json(exclude_none=True).encode()
-        return self._call("POST", LOOKUP_PATH, payload, LookupResponse, 1, stats)
+        return self._call("POST", LOOKUP_PATH, payload, LookupResponse, 1, stats, lookup=True)
 
     def health(self, *, stats: LmlCallRecorder | None = None) -> HealthResponse:
         return self._call("GET", HEALTH_PATH, None, HealthResponse, 0, stats)
+
+    def lacks(self, path: str) -> bool:
+        """Whether this LML answered 404 for `path` (an endpoint older LMLs do not have)."""
+        with self._missing_lock:
+            return path in self._missing
+
+    def url(self, path: str) -> str:
+        """The absolute URL of `path`, as error lines name it (never with a password)."""
+        return self._shown_url + path
 
     def _call(
         self,
@@ -369,14 +424,25 @@ class LmlClient:
         model: type[Model],
         items: int,
         stats: LmlCallRecorder | None,
+        *,
+        lookup: bool = False,
     ) -> Model:
         if self._closed:
             raise RuntimeError("LmlClient is closed")
+        if self.lacks(path):
+            raise LmlError(
+                f"LML {method} {self.url(path)}: this LML has no such endpoint (it answered 404)",
+                kind="endpoint_missing",
+                status=404,
+            )
+        extra = _Extra()
+        if lookup and self.caller is not None:
+            extra = _Extra(self.caller.headers(), self.caller.params())
         deadline = time.monotonic() + self.total_timeout
         attempt = 0
         while True:
             try:
-                return self._attempt(method, path, payload, model, items, deadline, stats)
+                return self._attempt(method, path, payload, model, items, deadline, stats, extra)
             except LmlError as err:
                 delay = self._retry_delay(err, attempt, deadline)
                 if delay is None:
@@ -405,29 +471,37 @@ class LmlClient:
         items: int,
         deadline: float,
         stats: LmlCallRecorder | None,
+        extra: _Extra,
     ) -> Model:
         started = time.perf_counter()
         outcome: Model | LmlError
         status: int | None = None
+        url = self.url(path)
         try:
-            exchange = self._exchange(method, path, payload, deadline)
+            exchange = self._exchange(method, path, payload, deadline, extra)
         except LmlError as err:
             outcome, label = err, err.kind
         else:
             status = label = exchange.status
             if status // 100 == 2:
-                outcome = _parse(model, exchange, method, path)
+                outcome = _parse(model, exchange, method, url)
             else:
-                outcome = _status_error(exchange, method, path)
+                outcome = _status_error(exchange, method, url)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if stats is not None:
             stats.record(latency_ms)
+        if isinstance(outcome, LmlError) and outcome.retry_after is not None:
+            outcome.retry_after = self._pause_for(outcome.retry_after, method, url)
+        missing = isinstance(outcome, LmlError) and outcome.kind == "endpoint_missing"
+        if missing:
+            self._mark_missing(method, path)
         refused = isinstance(outcome, LmlError) and outcome.kind == "auth"
         LOGGER.log(
-            logging.WARNING if isinstance(outcome, LmlError) else logging.DEBUG,
+            # A missing endpoint has its own line (`_mark_missing`), said once.
+            logging.WARNING if isinstance(outcome, LmlError) and not missing else logging.DEBUG,
             "LML %s %s items=%d -> %s in %.1f ms%s",
             method,
-            path,
+            url,
             items,
             label,
             latency_ms,
@@ -445,13 +519,48 @@ class LmlClient:
             raise outcome
         return outcome
 
+    def _pause_for(self, asked_s: float, method: str, url: str) -> float:
+        """LML's `Retry-After`, capped; a long pause (or a capped one) is said with its length."""
+        pause_s = min(asked_s, self.retry_after_cap_s)
+        if pause_s > _LONG_PAUSE_S or pause_s < asked_s:
+            capped = (
+                f", capped at LML_RETRY_AFTER_CAP_S={self.retry_after_cap_s:g}s"
+                if pause_s < asked_s
+                else ""
+            )
+            LOGGER.warning(
+                "LML %s %s asked us to wait %gs (Retry-After)%s: LML calls pause for %gs",
+                method,
+                url,
+                asked_s,
+                capped,
+                pause_s,
+                extra={"lml_retry_after_s": asked_s, "lml_pause_s": pause_s},
+            )
+        return pause_s
+
+    def _mark_missing(self, method: str, path: str) -> None:
+        with self._missing_lock:
+            first = path not in self._missing
+            self._missing.add(path)
+        if first:
+            LOGGER.error(
+                "LML at %s has no %s %s (it answered 404: an LML older than this endpoint); %s",
+                self._shown_url,
+                method,
+                path,
+                _WITHOUT_ENDPOINT.get(path, "calls to it fail"),
+                extra={"lml_missing_endpoint": path},
+            )
+
     def _exchange(
-        self, method: str, path: str, payload: bytes | None, deadline: float
+        self, method: str, path: str, payload: bytes | None, deadline: float, extra: _Extra
     ) -> _Exchange:
+        url = self.url(path)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise LmlError(
-                f"LML {method} {path}: total timeout spent before sending", kind="timeout"
+                f"LML {method} {url}: total timeout spent before sending", kind="timeout"
             )
         timeout = httpx.Timeout(
             connect=min(self.connect_timeout, remaining),
@@ -463,12 +572,17 @@ class LmlClient:
         kind: LmlErrorKind = "network"
         try:
             with self._http.stream(
-                method, path, content=payload, headers=self._headers, timeout=timeout
+                method,
+                path,
+                content=payload,
+                params=extra.params,
+                headers={**self._headers, **extra.headers},
+                timeout=timeout,
             ) as response:
                 return _Exchange(
                     response.status_code,
                     response.headers,
-                    _read_body(response, deadline, method, path),
+                    _read_body(response, deadline, method, url),
                 )
         except httpx.TimeoutException as exc:
             kind, failure = "timeout", _describe_exception(exc)
@@ -477,22 +591,22 @@ class LmlClient:
         except httpx.HTTPError as exc:
             kind, failure = "network", _describe_exception(exc)
         # The httpx exception is described, not chained: its text can quote the server's bytes.
-        raise LmlError(f"LML {method} {path} failed: {failure}", kind=kind)
+        raise LmlError(f"LML {method} {url} failed: {failure}", kind=kind)
 
 
-def _read_body(response: httpx.Response, deadline: float, method: str, path: str) -> bytes:
+def _read_body(response: httpx.Response, deadline: float, method: str, url: str) -> bytes:
     """Reads the body, enforcing the call's deadline between chunks (httpx has no total timeout)."""
     limit = _MAX_BODY_BYTES if response.is_success else _MAX_ERROR_BODY_BYTES
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():
         if time.monotonic() > deadline:
-            raise LmlError(f"LML {method} {path}: total timeout while reading", kind="timeout")
+            raise LmlError(f"LML {method} {url}: total timeout while reading", kind="timeout")
         size += len(chunk)
         if size > limit:
             if response.is_success:
                 raise LmlError(
-                    f"LML {method} {path}: body larger than {limit} bytes",
+                    f"LML {method} {url}: body larger than {limit} bytes",
                     kind="invalid_response",
                     status=response.status_code,
                     retryable=False,
@@ -507,7 +621,7 @@ def _describe_exception(exc: BaseException) -> str:
     return _REDACTOR.redact(f"{type(exc).__name__}: {text}")
 
 
-def _parse(model: type[Model], exchange: _Exchange, method: str, path: str) -> Model | LmlError:
+def _parse(model: type[Model], exchange: _Exchange, method: str, url: str) -> Model | LmlError:
     try:
         return model.model_validate_json(exchange.body)
     except ValidationError as exc:
@@ -515,7 +629,7 @@ def _parse(model: type[Model], exchange: _Exchange, method: str, path: str) -> M
         where = ".".join(str(part) for part in first["loc"]) or "body"
         problem = _REDACTOR.redact(f"{first['type']} at {where} ({exc.error_count()} errors)")
     return LmlError(
-        f"LML {method} {path} answered {exchange.status} with a body that is not a valid "
+        f"LML {method} {url} answered {exchange.status} with a body that is not a valid "
         f"{model.__name__}: {problem}",
         kind="invalid_response",
         status=exchange.status,
@@ -523,13 +637,15 @@ def _parse(model: type[Model], exchange: _Exchange, method: str, path: str) -> M
     )
 
 
-def _status_error(exchange: _Exchange, method: str, path: str) -> LmlError:
+def _status_error(exchange: _Exchange, method: str, url: str) -> LmlError:
     status = exchange.status
     snippet = " ".join(_REDACTOR.redact(exchange.body.decode("utf-8", "replace")).split())
-    message = f"LML {method} {path} answered HTTP {status}: {snippet[:_ERROR_SNIPPET_CHARS]}"
+    message = f"LML {method} {url} answered HTTP {status}: {snippet[:_ERROR_SNIPPET_CHARS]}"
     retry_after = parse_retry_after(exchange.headers.get("retry-after"))
     if status in (401, 403):
         return LmlError(message, kind="auth", status=status, retryable=False)
+    if status == 404:
+        return LmlError(message, kind="endpoint_missing", status=status, retryable=False)
     if status == 413:
         return LmlError(message, kind="too_large", status=status, retryable=False)
     if status == 429:

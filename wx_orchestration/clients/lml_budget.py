@@ -35,6 +35,7 @@ from wx_orchestration.contracts.lml import (
     LookupResponse,
 )
 from wx_orchestration.core.budget import BATCH_LANES, LANES, BudgetLimits, lane_family
+from wx_orchestration.core.enrichment import discogs_unavailable
 
 log = logging.getLogger("wx_orchestration.lml_budget")
 
@@ -411,6 +412,9 @@ class BudgetedLml:
         # Health checks are how callers decide whether to spend budget; they cost none.
         return self.client.health()
 
+    def lacks(self, path: str) -> bool:
+        return self.client.lacks(path)
+
 
 def wait_until_lml_ready(
     lml: LmlApi,
@@ -419,18 +423,22 @@ def wait_until_lml_ready(
     poll_s: float = 5.0,
     progress: Callable[[str], None] = log.info,
 ) -> str | None:
-    """Before a batch run spends budget: wait (bounded) while LML reports its Discogs breaker
-    open. Returns None when ready, else why the run should stop now."""
+    """Before a batch run spends budget: wait (bounded) while LML reports Discogs down (its
+    breaker open, or an older LML's `services.discogs_api` unavailable: every answer would go
+    back to `pending`). Returns None when ready, else why the run should stop now."""
     deadline = time.monotonic() + max_wait_s
     while True:
         try:
-            state = lml.health().discogs_breaker_state
+            health = lml.health()
         except LmlError as exc:
             reason = f"LML /health failed ({exc.kind}, status {exc.status})"
         else:
-            if state != "open":
+            if health.discogs_breaker_state == "open":
+                reason = "LML reports its Discogs breaker open"
+            elif discogs_unavailable(health):
+                reason = "LML reports discogs_api unavailable"
+            else:
                 return None
-            reason = "LML reports its Discogs breaker open"
         if time.monotonic() + poll_s > deadline:
             return reason
         progress(f"{reason}; batch work waits (up to {max_wait_s:.0f}s in all)")

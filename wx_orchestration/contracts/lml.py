@@ -8,6 +8,7 @@ are `Literal`s.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,6 +20,52 @@ HEALTH_PATH = "/health"
 
 MAX_BULK_RESOLVE_INPUTS = 1000
 MAX_LOOKUP_BULK_ITEMS = 100
+# A Retry-After is honoured up to this (`LML_RETRY_AFTER_CAP_S`): a misconfigured LML answering
+# "come back tomorrow" must not stop enrichment for a day.
+DEFAULT_LML_RETRY_AFTER_CAP_S = 300.0
+
+_API_PREFIX = "/api/v1"
+
+
+def normalize_lml_url(url: str) -> str:
+    """`LIBRARY_METADATA_URL` as the station's client reads it: without a trailing `/api/v1`
+    (with or without its slash) and without a trailing slash, since every path carries the
+    prefix."""
+    base = url.strip()
+    if base.endswith(_API_PREFIX + "/"):
+        base = base[: -len(_API_PREFIX) - 1]
+    elif base.endswith(_API_PREFIX):
+        base = base[: -len(_API_PREFIX)]
+    return base.rstrip("/")
+
+
+@dataclass(frozen=True)
+class LookupCaller:
+    """Who asks for lookups, labelled as the station's client labels its callers (`caller`
+    and its traffic class, sent as `X-Caller-Reason` / `X-Caller-Class`), and whether the
+    caller opts into release resolution outside the library (BS#1815: `/lookup/bulk` leaves it
+    off unless asked, and albums outside the library then come back no-match)."""
+
+    reason: str
+    traffic_class: int
+    release_resolution_fallback: bool
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Caller-Class": str(self.traffic_class), "X-Caller-Reason": self.reason}
+
+    def params(self) -> dict[str, str]:
+        return (
+            {"allow_release_resolution_fallback": "true"}
+            if self.release_resolution_fallback
+            else {}
+        )
+
+
+# The station's live worker and its flowsheet backfill. Both enrich the same plays, so both ask
+# with the fallback: a backlog that asked without it would write no-match verdicts the live path
+# would not (the station's flowsheet backfill uses `/lookup`, where the fallback is on).
+LIVE_LOOKUPS = LookupCaller("enrichment-worker", 5, release_resolution_fallback=True)
+BACKLOG_LOOKUPS = LookupCaller("flowsheet-metadata-backfill", 5, release_resolution_fallback=True)
 
 ResolveKind = Literal["single_artist", "compilation", "unresolved"]
 SearchType = Literal["direct", "fallback", "alternative", "compilation", "song_as_artist", "none"]
@@ -157,3 +204,5 @@ class BulkLookupResponse(LmlBody):
 class HealthResponse(LmlBody):
     status: str | None = None
     discogs_breaker_state: str | None = None
+    # Older LMLs (February 2026) report upstreams here instead, e.g. {"discogs_api": "ok"}.
+    services: dict[str, Any] | None = None

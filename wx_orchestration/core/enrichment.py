@@ -20,6 +20,7 @@ from wx_orchestration.contracts.lml import (
     Artwork,
     BulkLookupResponse,
     BulkLookupResult,
+    HealthResponse,
     LookupItem,
     LookupResponse,
     LookupResult,
@@ -149,8 +150,8 @@ def first_match(results: Sequence[LookupResult]) -> Artwork | None:
 
 @dataclass(frozen=True)
 class Verdict:
-    """`row_fault`: the error is this row's own (LML answered the call but not the item), as
-    opposed to the whole call failing; only row faults count towards parking."""
+    """`row_fault`: the failure is the row's own (the database rejected its values, its artist
+    is blank), not LML's; only row faults count towards parking."""
 
     kind: VerdictKind
     artwork: Artwork | None = None
@@ -158,43 +159,63 @@ class Verdict:
     row_fault: bool = False
 
 
-def not_a_verdict_reason(result: BulkLookupResult, match: Artwork | None) -> str | None:
-    """Why an answer says nothing about the row (it goes back to `pending`), else None.
+def not_a_verdict_reason(
+    result: BulkLookupResult | None, match: Artwork | None, *, discogs_unavailable: bool = False
+) -> str | None:
+    """Why an answer says nothing about the row (it goes back to `pending`, no fault), else None.
 
-    A shed or an unavailable upstream is LML's state, not the record's: writing it as
-    `enriched_no_match` once lost 26k rows for good (DESIGN.md §8).
+    Only what LML positively said is a verdict (DESIGN.md §6). A shed, a degraded search (any
+    `degraded_reason`: a `deadline_exceeded` or `cache_only` answer with no results once wrote
+    26k rows `enriched_no_match` for good) or an item LML did not answer is LML's state, not the
+    record's. So is every answer of an older LML (no `degraded` field) whose health says Discogs
+    is unavailable: it answers library hits with `artwork: null`.
     """
+    if result is None:
+        return "lml gave no answer for the item"
     if result.status in _SHED_STATUSES:
         return result.status
+    if result.status == "error":
+        return f"lml item error: {result.message or 'no message'}"
     lookup = result.lookup
     if lookup is None:
-        return None
-    if lookup.degraded and lookup.degraded_reason == "upstream_unavailable":
-        return "degraded_upstream_unavailable"
+        return f"lml answered {result.status} with a null lookup"
+    if lookup.degraded:
+        return f"degraded: {lookup.degraded_reason or 'no reason given'}"
+    if discogs_unavailable:
+        return "lml reports discogs_api unavailable"
     if lookup.timeout and match is None:
         return "timeout"
     return None
 
 
-def verdict_for(result: BulkLookupResult | None, key: LookupKey) -> Verdict:
-    """One row's verdict from its bulk result (None: LML sent no result for its index)."""
-    if result is None:
-        return Verdict("error", reason="no result for the item's index", row_fault=True)
-    if result.status == "error":
-        reason = f"lml item error: {result.message or 'no message'}"
-        return Verdict("error", reason=reason, row_fault=True)
-    if result.lookup is None and result.status not in _SHED_STATUSES:
-        reason = f"lml answered {result.status} with a null lookup"
-        return Verdict("error", reason=reason, row_fault=True)
-    match = None
-    if result.lookup is not None:
-        match = first_match(trusted_results(result.lookup, key.album))
-    reason = not_a_verdict_reason(result, match)
+def verdict_for(
+    result: BulkLookupResult | None, key: LookupKey, *, discogs_unavailable: bool = False
+) -> Verdict:
+    """One row's verdict from its bulk result (None: LML sent no result for its index).
+    `discogs_unavailable`: the answering LML's health says so (`discogs_unavailable`)."""
+    lookup = result.lookup if result is not None else None
+    match = first_match(trusted_results(lookup, key.album)) if lookup is not None else None
+    reason = not_a_verdict_reason(result, match, discogs_unavailable=discogs_unavailable)
     if reason is not None:
         return Verdict("not_a_verdict", reason=reason)
     if match is not None:
         return Verdict("match", artwork=match)
     return Verdict("no_match")
+
+
+def discogs_unavailable(health: HealthResponse) -> bool:
+    """Whether an LML's health says Discogs is down (older LMLs: `services.discogs_api`)."""
+    services = health.services or {}
+    return services.get("discogs_api") == "unavailable"
+
+
+def predates_degraded(response: BulkLookupResponse) -> bool:
+    """Whether the answer comes from an LML older than the `degraded` field: its no-matches are
+    verdicts only while its health says Discogs is available."""
+    return any(
+        result.lookup is not None and "degraded" not in result.lookup.model_fields_set
+        for result in response.results
+    )
 
 
 # --- finalize plans --------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from wx_orchestration.clients.lml import LmlCallRecorder, LmlClient
 from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
 from wx_orchestration.clients.redis_client import shared_redis
 from wx_orchestration.contracts.lml import (
+    BACKLOG_LOOKUPS,
+    DEFAULT_LML_RETRY_AFTER_CAP_S,
     BulkLookupResponse,
     BulkResolveInput,
     BulkResolveResponse,
@@ -53,6 +55,11 @@ class LmlResource(dg.ConfigurableResource):
     )
     # Retries are left to callers by default, so that each attempt queues for the shared budget.
     max_retries: int = Field(default=0, ge=0)
+    retry_after_cap_s: float = Field(
+        default=DEFAULT_LML_RETRY_AFTER_CAP_S,
+        ge=0,
+        description="longest Retry-After honoured (LML_RETRY_AFTER_CAP_S)",
+    )
 
     _client: LmlClient | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -73,6 +80,8 @@ class LmlResource(dg.ConfigurableResource):
                     read_timeout=self.read_timeout_s,
                     total_timeout=self.total_timeout_s,
                     max_retries=self.max_retries,
+                    caller=BACKLOG_LOOKUPS,
+                    retry_after_cap_s=self.retry_after_cap_s,
                 )
             return self._client
 
@@ -196,6 +205,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "lml": LmlResource(
             base_url=dg.EnvVar("LIBRARY_METADATA_URL"),
             api_key=_optional_env("LML_API_KEY", ""),
+            retry_after_cap_s=settings.lml_retry_after_cap_s,
         ),
         "postgres": PostgresResource(
             database_url=dg.EnvVar("DATABASE_URL"),

@@ -19,10 +19,25 @@ start values with `DELETE /_emulator/faults`. Faults apply to the `/api/v1/*` en
 - `malformed`: fraction of 200 answers whose body is not JSON.
 - `short_results` / `foreign_results` / `duplicate_results`: bulk-resolve drops its last result /
   adds one for a library id that was not sent / repeats its first result.
+- `degraded_reason`: lookups answer `degraded: true` with this reason and no results (the shape
+  of a current LML past its deadline, `deadline_exceeded`, or on its cache only, `cache_only`).
+- `bulk_answers`: how `/lookup/bulk` answers the items it was sent: `all` (one result each),
+  `short` (the last one missing), `empty` (`{"results": []}`), `out_of_range` (the last one at an
+  index that was not sent), `null_lookup` (statuses without a lookup), `item_error` (every item
+  `error`).
 - `seed`: makes every random choice above repeatable (`random.Random(seed)`).
 
-`GET /_emulator/requests` lists `{ts, method, path, items, status}` of recent requests;
-`DELETE /_emulator/requests` clears the list.
+Modes (`mode`, started from env `LML_EMULATOR_MODE`; switchable like a fault):
+
+- `current` (default): the LML of today (`tracks_contract_version` null, even for compilations
+  sent with `include_tracks`).
+- `feb2026`: the February 2026 LML: `/api/v1/lookup` and `/health` only (the bulk lookup and
+  identity endpoints answer 404), no `degraded` field, and `/health` reports
+  `services.discogs_api` instead of a breaker state. With `discogs_unavailable` it says
+  `"unavailable"` there and answers library hits with `artwork: null`.
+
+`GET /_emulator/requests` lists `{ts, method, path, query, caller, items, status}` of recent
+requests (`caller`: the `X-Caller-*` headers sent); `DELETE /_emulator/requests` clears the list.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import socket
 import string
@@ -43,7 +59,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import quote
 
 import httpx
@@ -72,6 +88,12 @@ from wx_orchestration.contracts.lml import (
 LOGGER = logging.getLogger("wx_orchestration.devstack.lml_emulator")
 
 SERVER_HEADER = "lml-emulator (wx_orchestration; NOT the real LML)"
+MODE_ENV = "LML_EMULATOR_MODE"
+EmulatorMode = Literal["current", "feb2026"]
+BulkAnswers = Literal["all", "short", "empty", "out_of_range", "null_lookup", "item_error"]
+# Endpoints the February 2026 LML did not have yet.
+_FEB2026_MISSING = frozenset({BULK_RESOLVE_PATH, LOOKUP_BULK_PATH})
+_LOOKUP_EXTRAS = ("degraded", "degraded_reason")
 REQUEST_LOG_SIZE = 100_000
 METHODS = (
     "manual",
@@ -102,6 +124,10 @@ class Faults(BaseModel):
     short_results: bool = False
     foreign_results: bool = False
     duplicate_results: bool = False
+    degraded_reason: str | None = None
+    bulk_answers: BulkAnswers = "all"
+    discogs_unavailable: bool = False
+    mode: EmulatorMode = "current"
     seed: int | None = None
 
 
@@ -258,6 +284,24 @@ _DEGRADED_LOOKUP = {
 }
 
 
+def _answer_lookup(item: LookupItem, faults: Faults) -> dict[str, Any]:
+    """One item's `LookupResponse` as the emulated LML version, with its faults, says it."""
+    if faults.degraded:
+        answer = dict(_DEGRADED_LOOKUP)
+    elif faults.degraded_reason is not None:
+        answer = {**_DEGRADED_LOOKUP, "degraded_reason": faults.degraded_reason}
+    else:
+        answer = lookup_item(item)
+    if faults.mode != "feb2026":
+        return answer
+    # The February 2026 LML has no `degraded` field, and with Discogs down it still finds the
+    # library rows, with no artwork.
+    old = {key: value for key, value in answer.items() if key not in _LOOKUP_EXTRAS}
+    if faults.discogs_unavailable:
+        old["results"] = [{**result, "artwork": None} for result in old["results"]]
+    return old
+
+
 # --- the server --------------------------------------------------------------------------------
 
 
@@ -300,6 +344,7 @@ class LmlEmulator:
 
     def __init__(self, api_key: str = "", **faults: Any) -> None:
         self.api_key = api_key
+        faults.setdefault("mode", os.environ.get(MODE_ENV) or "current")
         self._initial = Faults.model_validate(faults)
         self._faults = self._initial.model_copy()
         # Not security relevant: fault injection must be repeatable under a seed.
@@ -355,6 +400,12 @@ class LmlEmulator:
             "ts": time.time(),
             "method": request.method,
             "path": request.url.path,
+            "query": request.url.query,
+            "caller": {
+                name: value
+                for name, value in request.headers.items()
+                if name.startswith("x-caller-")
+            },
             "items": items,
             "status": status,
         }
@@ -392,8 +443,10 @@ class LmlEmulator:
         try:
             raw = await request.body()
             try:
-                self._check_auth(request)
                 faults = self.faults()
+                if faults.mode == "feb2026" and request.url.path in _FEB2026_MISSING:
+                    raise _Refusal(404, "Not Found")
+                self._check_auth(request)
                 if self._take_rate_limit():
                     response: Response = JSONResponse(
                         {"detail": "rate limited (emulated)"},
@@ -452,11 +505,11 @@ class LmlEmulator:
             results.append(resolve_library(impostor, request.include_tracks))
         if faults.duplicate_results and results:
             results.append(dict(results[0]))
-        has_compilation = any(result["kind"] == "compilation" for result in results)
         return count, {
             "results": results,
             "cache_stats": {"hits": 0, "misses": count, "emulator": True},
-            "tracks_contract_version": 1 if has_compilation or request.include_tracks else None,
+            # What a current LML answers, compilations and `include_tracks` or not.
+            "tracks_contract_version": None,
         }
 
     def _lookup_bulk(self, body: object, faults: Faults) -> tuple[int, dict[str, Any]]:
@@ -474,10 +527,21 @@ class LmlEmulator:
                 entry = {"status": "error", "lookup": None, "message": "artist must not be blank"}
             elif faults.degraded:
                 entry = {"status": shed, "lookup": None, "message": "emulated load shedding"}
+            elif faults.bulk_answers == "item_error":
+                entry = {"status": "error", "lookup": None, "message": "emulated item failure"}
             else:
-                lookup = lookup_item(item)
-                entry = {"status": "match" if lookup["results"] else "no_match", "lookup": lookup}
+                lookup = _answer_lookup(item, faults)
+                status = "match" if lookup["results"] else "no_match"
+                entry = {"status": status, "lookup": lookup}
+                if faults.bulk_answers == "null_lookup":
+                    entry["lookup"] = None
             results.append({"index": index, "message": None, **entry})
+        if faults.bulk_answers == "empty":
+            results = []
+        elif faults.bulk_answers == "short":
+            results = results[:-1]
+        elif faults.bulk_answers == "out_of_range" and results:
+            results[-1]["index"] = count + 5
         return count, {"results": results}
 
     def _lookup(self, body: object, faults: Faults) -> dict[str, Any]:
@@ -487,15 +551,16 @@ class LmlEmulator:
             raise _Refusal(422, _errors(exc), 1) from None
         if not item.artist.strip():
             raise _Refusal(422, "artist must not be blank", 1)
-        return dict(_DEGRADED_LOOKUP) if faults.degraded else lookup_item(item)
+        return _answer_lookup(item, faults)
 
     async def _health(self, request: Request) -> Response:
-        payload = {
-            "status": "ok",
-            "emulator": True,
-            "service": "lml-emulator",
-            "discogs_breaker_state": self.faults().breaker_state,
-        }
+        faults = self.faults()
+        payload: dict[str, Any] = {"status": "ok", "emulator": True, "service": "lml-emulator"}
+        if faults.mode == "feb2026":
+            discogs = "unavailable" if faults.discogs_unavailable else "ok"
+            payload["services"] = {"database": "ok", "discogs_api": discogs}
+        else:
+            payload["discogs_breaker_state"] = faults.breaker_state
         self._record(request, 0, 200)
         return JSONResponse(payload)
 

@@ -18,20 +18,30 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import psycopg
 
 from wx_orchestration.clients.lml import LmlCallRecorder, LmlError
-from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS, BulkLookupResponse, LookupItem
+from wx_orchestration.contracts.lml import (
+    LOOKUP_BULK_PATH,
+    MAX_LOOKUP_BULK_ITEMS,
+    BulkLookupResponse,
+    BulkLookupResult,
+    HealthResponse,
+    LookupItem,
+    LookupResponse,
+)
 from wx_orchestration.core.enrichment import (
     ClaimedRow,
     FinalizePlan,
     LookupKey,
     RetryPolicy,
     Verdict,
+    discogs_unavailable,
     finalize_plan,
     lookup_item,
+    predates_degraded,
     results_by_index,
     verdict_for,
 )
@@ -52,7 +62,7 @@ BLANK_ARTIST = "blank artist: never sent to LML"
 
 
 class BulkLookup(Protocol):
-    """`LmlClient` or `LmlResource`."""
+    """`LmlClient`, or `BudgetedLml` drawing on the shared budget."""
 
     def lookup_bulk(
         self,
@@ -61,13 +71,26 @@ class BulkLookup(Protocol):
         stats: LmlCallRecorder | None = None,
     ) -> BulkLookupResponse: ...
 
+    def lookup(
+        self, item: LookupItem | Mapping[str, Any], *, stats: LmlCallRecorder | None = None
+    ) -> LookupResponse: ...
 
-# Wraps every `lookup_bulk` call: `hook(call, items)` must call `call()` once (or raise) and
-# return its answer. The shared LML budget plugs in here.
-LmlCallHook = Callable[[Callable[[], BulkLookupResponse], int], BulkLookupResponse]
+    def health(self) -> HealthResponse: ...
+
+    def lacks(self, path: str) -> bool: ...
 
 
-def _direct(call: Callable[[], BulkLookupResponse], _items: int) -> BulkLookupResponse:
+Answer = TypeVar("Answer")
+
+
+class LmlCallHook(Protocol):
+    """Wraps every lookup call: `hook(call, items)` must call `call()` once (or raise) and
+    return its answer. The shared LML budget plugs in here."""
+
+    def __call__(self, call: Callable[[], Answer], items: int, /) -> Answer: ...
+
+
+def _direct(call: Callable[[], Answer], _items: int) -> Answer:
     return call()
 
 
@@ -166,14 +189,16 @@ def _look_up(
             items = [lookup_item(key) for key in chunk]
             started = time.perf_counter()
             try:
-                response = hook(lambda items=items: lml.lookup_bulk(items, stats=stats), len(items))
+                response = _ask(lml, items, hook, stats, ask_until)
+                down = predates_degraded(response) and _discogs_down(lml)
             except LmlError as exc:
                 failure = exc
                 outcome.lml_failed = True
             else:
                 outcome.lookups += len(chunk)
-                for key, result in zip(chunk, results_by_index(response, len(chunk)), strict=True):
-                    verdicts[key] = verdict_for(result, key)
+                answers = results_by_index(response, len(chunk))
+                for key, result in zip(chunk, answers, strict=True):
+                    verdicts[key] = verdict_for(result, key, discogs_unavailable=down)
             finally:
                 outcome.lml_calls += 1
                 outcome.lml_s += time.perf_counter() - started
@@ -182,6 +207,51 @@ def _look_up(
             reason = f"lml call failed ({failure.kind}, status {failure.status})"
             verdicts.update((key, Verdict("error", reason=reason)) for key in chunk)
     return verdicts, failure
+
+
+def _ask(
+    lml: BulkLookup,
+    items: Sequence[LookupItem],
+    hook: LmlCallHook,
+    stats: LmlCallRecorder | None,
+    ask_until: float | None,
+) -> BulkLookupResponse:
+    """LML's answers to `items`: one `/lookup/bulk` call, or, from an LML without it (older
+    versions answer 404; the client says so once), one `/lookup` per item through the same hook
+    and so the same budget. Items past `ask_until` are not asked: they go unanswered."""
+    if not lml.lacks(LOOKUP_BULK_PATH):
+        try:
+            return hook(lambda: lml.lookup_bulk(items, stats=stats), len(items))
+        except LmlError as err:
+            if err.kind != "endpoint_missing":
+                raise
+    results: list[BulkLookupResult] = []
+    for index, item in enumerate(items):
+        if results and ask_until is not None and time.monotonic() >= ask_until:
+            break
+        try:
+            answer = hook(lambda item=item: lml.lookup(item, stats=stats), 1)
+        except LmlError as err:
+            # With nothing answered this is the call failing, as a failed bulk call would; after
+            # some answers, the rest simply go unanswered (no verdict, no fault).
+            if err.kind == "auth" or not results:
+                raise
+            break
+        status = "match" if answer.results else "no_match"
+        results.append(BulkLookupResult(index=index, status=status, lookup=answer))
+    return BulkLookupResponse(results=results)
+
+
+def _discogs_down(lml: BulkLookup) -> bool:
+    """Whether an LML too old to flag degraded answers says Discogs is unavailable. When its
+    health cannot be read its answers cannot be trusted either: then it counts as down."""
+    try:
+        return discogs_unavailable(lml.health())
+    except LmlError as err:
+        log.warning(
+            "LML /health failed (%s, status %s): its answers are no verdicts", err.kind, err.status
+        )
+        return True
 
 
 def enrich_claimed(

@@ -44,12 +44,13 @@ from wx_orchestration.clients.lml import LmlClient, LmlError
 from wx_orchestration.clients.lml_budget import BudgetedLml, BudgetWaitTimeout, LmlBudget
 from wx_orchestration.clients.lookup_cache import LookupCache
 from wx_orchestration.contracts.cdc import CDC_STREAM, ENRICHMENT_GROUP
-from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS, BulkLookupResponse
+from wx_orchestration.contracts.lml import LIVE_LOOKUPS, MAX_LOOKUP_BULK_ITEMS
 from wx_orchestration.core.budget import BudgetLimits
 from wx_orchestration.core.enrichment import Candidate, ClaimedRow, enrichment_candidate
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry, effective_action
 from wx_orchestration.db.enrichment import claim_rows_by_ids
 from wx_orchestration.flows.enrichment import (
+    Answer,
     ConnectionLost,
     EnrichmentOutcome,
     VerdictCache,
@@ -176,6 +177,8 @@ class EnrichRole:
             api_key=settings.lml_api_key,
             total_timeout=settings.lml_timeout_s,
             max_retries=0,
+            caller=LIVE_LOOKUPS,
+            retry_after_cap_s=settings.lml_retry_after_cap_s,
         )
         self.lml = BudgetedLml(self.lml_client, self.budget, LANE, timeout_s=BUDGET_PATIENCE_S)
         ttl_s = cache_ttl_s or env_float(
@@ -345,9 +348,7 @@ class EnrichRole:
         # Whatever cut the connection likely cut the idle ones too: replace them first.
         self.pool.check()
 
-    def _call_in_budget(
-        self, call: Callable[[], BulkLookupResponse], _items: int
-    ) -> BulkLookupResponse:
+    def _call_in_budget(self, call: Callable[[], Answer], _items: int) -> Answer:
         """Make the call once the live lane has a slot, waiting up to `max_budget_wait_s`.
 
         `BudgetedLml` gives up after `BUDGET_PATIENCE_S` (at once when the budget says the

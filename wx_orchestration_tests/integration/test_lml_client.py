@@ -188,7 +188,8 @@ def test_bulk_resolve_answers_in_input_order(lml_client: LmlClient) -> None:
 
     assert [result.library_id for result in response.results] == [30, 10, 20]
     assert [result.kind for result in response.results][1:] == ["compilation", "compilation"]
-    assert response.tracks_contract_version == 1
+    # As a current LML answers, compilations or not.
+    assert response.tracks_contract_version is None
 
 
 def test_emulator_answers_look_like_lml(lml_client: LmlClient) -> None:
@@ -459,7 +460,7 @@ def test_command_line_prints_its_url() -> None:
         (403, "auth", False),
         (413, "too_large", False),
         (422, "http", False),
-        (404, "http", False),
+        (404, "endpoint_missing", False),
     ],
 )
 def test_status_mapping(

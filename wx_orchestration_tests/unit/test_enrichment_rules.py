@@ -11,6 +11,7 @@ from wx_orchestration.contracts.lml import (
     Artwork,
     BulkLookupResponse,
     BulkLookupResult,
+    HealthResponse,
     LookupResponse,
 )
 from wx_orchestration.core.enrichment import (
@@ -21,11 +22,13 @@ from wx_orchestration.core.enrichment import (
     RetryPolicy,
     Verdict,
     composer_credit,
+    discogs_unavailable,
     enrichment_candidate,
     finalize_plan,
     lookup_item,
     loose_title,
     match_columns,
+    predates_degraded,
     results_by_index,
     search_columns,
     trusted_results,
@@ -155,38 +158,32 @@ def result(
 KEY = LookupKey("Stereolab", "Dots and Loops", "Brakhage")
 
 
+def degraded(status: str, reason: str | None, **extra: Any) -> BulkLookupResult:
+    return result(status, lookup(degraded=True, degraded_reason=reason, **extra))
+
+
 @pytest.mark.parametrize(
     ("answer", "kind", "reason"),
     [
-        (None, "error", "no result for the item's index"),
-        (result("error", None, message="boom"), "error", "lml item error: boom"),
-        (result("match", None), "error", "lml answered match with a null lookup"),
-        (result("no_match", None), "error", "lml answered no_match with a null lookup"),
+        # Items LML did not answer: the row is not at fault, and nothing was said about it.
+        (None, "not_a_verdict", "lml gave no answer for the item"),
+        (result("error", None, message="boom"), "not_a_verdict", "lml item error: boom"),
+        (result("error", None), "not_a_verdict", "lml item error: no message"),
+        (result("match", None), "not_a_verdict", "lml answered match with a null lookup"),
+        (result("no_match", None), "not_a_verdict", "lml answered no_match with a null lookup"),
         (result("shed_limiter_saturated", None), "not_a_verdict", "shed_limiter_saturated"),
         (result("shed_breaker_open", None), "not_a_verdict", "shed_breaker_open"),
         (result("shed_breaker_open", lookup()), "not_a_verdict", "shed_breaker_open"),
-        (
-            result(
-                "no_match",
-                lookup("none", [], degraded=True, degraded_reason="upstream_unavailable"),
-            ),
-            "not_a_verdict",
-            "degraded_upstream_unavailable",
+        # Every degraded answer, whatever its reason, with or without results.
+        *(
+            (degraded(status, reason, **shape), "not_a_verdict", f"degraded: {reason}")
+            for reason in ("deadline_exceeded", "cache_only", "upstream_unavailable", "new_one")
+            for status, shape in (("no_match", {"results": []}), ("match", {}))
         ),
-        (
-            result("match", lookup(degraded=True, degraded_reason="upstream_unavailable")),
-            "not_a_verdict",
-            "degraded_upstream_unavailable",
-        ),
+        (degraded("no_match", None, results=[]), "not_a_verdict", "degraded: no reason given"),
         (result("no_match", lookup("none", [], timeout=True)), "not_a_verdict", "timeout"),
         # A timeout that still produced a trusted match is a match.
         (result("match", lookup(timeout=True)), "match", None),
-        # Other degraded reasons are answers: here, no match.
-        (
-            result("no_match", lookup("none", [], degraded=True, degraded_reason="cache_only")),
-            "no_match",
-            None,
-        ),
         (result("match", lookup()), "match", None),
         (result("no_match", lookup("none", [])), "no_match", None),
         # LML's "match" is not enough: the result must pass our trust gate.
@@ -202,10 +199,52 @@ KEY = LookupKey("Stereolab", "Dots and Loops", "Brakhage")
 def test_verdicts(answer: BulkLookupResult | None, kind: str, reason: str | None) -> None:
     verdict = verdict_for(answer, KEY)
     assert (verdict.kind, verdict.reason) == (kind, reason)
-    assert verdict.row_fault is (kind == "error")
+    assert verdict.row_fault is False
     if kind == "match":
         assert verdict.artwork is not None
         assert verdict.artwork.release_id == 1
+
+
+OLD_HIT = {"results": [{"library_item": {"id": 12, "title": "Dots and Loops"}, "artwork": None}]}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        result("match", OLD_HIT),
+        result("no_match", {"results": [], "search_type": "none"}),
+        result("match", lookup()),
+    ],
+)
+def test_answers_of_an_lml_without_discogs_are_not_verdicts(answer: BulkLookupResult) -> None:
+    verdict = verdict_for(answer, KEY, discogs_unavailable=True)
+    assert (verdict.kind, verdict.reason, verdict.row_fault) == (
+        "not_a_verdict",
+        "lml reports discogs_api unavailable",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("health", "down"),
+    [
+        ({"status": "ok", "services": {"discogs_api": "unavailable"}}, True),
+        ({"status": "ok", "services": {"discogs_api": "ok"}}, False),
+        ({"status": "ok", "discogs_breaker_state": "open"}, False),
+        ({}, False),
+    ],
+)
+def test_discogs_unavailable_reads_older_lmls_services(health: dict[str, Any], down: bool) -> None:
+    assert discogs_unavailable(HealthResponse.model_validate(health)) is down
+
+
+def test_an_answer_without_the_degraded_field_predates_it() -> None:
+    old = bulk({"index": 0, "status": "no_match", "lookup": {"results": []}})
+    current = bulk({"index": 0, "status": "no_match", "lookup": {"results": [], "degraded": False}})
+    shed = bulk({"index": 0, "status": "shed_limiter_saturated", "lookup": None})
+    assert predates_degraded(old)
+    assert not predates_degraded(current)
+    assert not predates_degraded(shed)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from wx_orchestration.contracts.lml import (
+    LIVE_LOOKUPS,
     BulkLookupRequest,
     BulkLookupResponse,
     BulkResolveInput,
@@ -13,7 +14,9 @@ from wx_orchestration.contracts.lml import (
     HealthResponse,
     LookupItem,
     LookupResponse,
+    normalize_lml_url,
 )
+from wx_orchestration.settings import Settings, SettingsError
 
 
 def _single_artist(**overrides: object) -> dict[str, object]:
@@ -242,3 +245,47 @@ def test_health_breaker_state(state: str | None) -> None:
 
 def test_health_tolerates_missing_fields() -> None:
     assert HealthResponse.model_validate({}).discogs_breaker_state is None
+
+
+@pytest.mark.parametrize(
+    "configured",
+    [
+        "https://lml.example.org",
+        "https://lml.example.org/",
+        "https://lml.example.org/api/v1",
+        "https://lml.example.org/api/v1/",
+        " https://lml.example.org/api/v1 ",
+    ],
+)
+def test_lml_url_is_read_as_the_station_reads_it(configured: str) -> None:
+    assert normalize_lml_url(configured) == "https://lml.example.org"
+    settings = Settings.from_env({"LIBRARY_METADATA_URL": configured})
+    assert settings.lml_url == "https://lml.example.org"
+
+
+def test_only_a_trailing_api_prefix_is_dropped() -> None:
+    assert normalize_lml_url("https://x.org/lml/api/v1") == "https://x.org/lml"
+    assert normalize_lml_url("https://x.org/api/v1/lml") == "https://x.org/api/v1/lml"
+
+
+def test_the_live_caller_is_labelled_as_the_stations_enrichment_worker() -> None:
+    assert LIVE_LOOKUPS.headers() == {
+        "X-Caller-Class": "5",
+        "X-Caller-Reason": "enrichment-worker",
+    }
+    assert LIVE_LOOKUPS.params() == {"allow_release_resolution_fallback": "true"}
+
+
+def test_retry_after_cap_is_configurable() -> None:
+    assert Settings.from_env({}).lml_retry_after_cap_s == 300
+    assert Settings.from_env({"LML_RETRY_AFTER_CAP_S": "30"}).lml_retry_after_cap_s == 30
+    with pytest.raises(SettingsError, match="LML_RETRY_AFTER_CAP_S"):
+        Settings.from_env({"LML_RETRY_AFTER_CAP_S": "-1"})
+
+
+def test_older_lmls_health_keeps_its_services() -> None:
+    health = HealthResponse.model_validate(
+        {"status": "ok", "services": {"discogs_api": "unavailable", "database": "ok"}}
+    )
+    assert health.services == {"discogs_api": "unavailable", "database": "ok"}
+    assert health.discogs_breaker_state is None
