@@ -82,7 +82,7 @@ def test_single_artist_writes_main_and_source_rows(conn, fake) -> None:
     assert totals["scanned"] == 1
     assert totals["rows_resolved"] == 1
     assert [i["library_id"] for i in server.bodies[0]["inputs"]] == [16]
-    assert server.bodies[0]["include_tracks"] is False
+    assert server.bodies[0]["include_tracks"] is True
     assert server.auth_headers[0] == "Bearer sk-identity-test"
     main = conn.execute(
         "SELECT method, confidence, wikidata_qid, spotify_id, notes, last_verified_at > now() - "

@@ -8,10 +8,12 @@ import sentry_sdk
 from pydantic import Field
 
 from wx_orchestration.clients.lml_budget import wait_until_lml_ready
+from wx_orchestration.contracts.lml import BULK_RESOLVE_PATH
 from wx_orchestration.core.identity import IdentityDiff, IdentityTotals
 from wx_orchestration.db.identity import Selection
 from wx_orchestration.defs.identity.partitions import LIBRARY_SHARDS
 from wx_orchestration.defs.identity.refresh import (
+    BulkResolveMissing,
     LmlAuthError,
     RefreshOptions,
     RefreshResult,
@@ -163,6 +165,11 @@ def library_identity(
                 result = refresh_shard(conn, client, options, progress=context.log.info)
             except LmlAuthError as exc:
                 raise dg.Failure(description=str(exc), allow_retries=False) from None
+            except BulkResolveMissing as exc:
+                endpoint = f"{lml.get_client().base_url}{BULK_RESOLVE_PATH}"
+                raise dg.Failure(
+                    description=f"POST {endpoint}: {exc}", allow_retries=False
+                ) from None
         totals = result.totals
         for key, value in totals.as_dict().items():
             span.set_data(f"totals.{key}", value)
