@@ -156,21 +156,43 @@ _SOURCE_ID_KEY = {
 }
 
 
+def emulated_track_credits(album_title: str) -> list[dict[str, str]]:
+    """The tracks the emulator credits on a compilation titled `album_title`, in the echo shape
+    (`artist_name`, `track_title`, `track_position`), for fixtures to seed matching rows."""
+    album = _norm(album_title)
+    return [
+        {
+            "artist_name": f"Emulated artist {n}",
+            "track_title": f"Emulated track {n}",
+            "track_position": str(n),
+        }
+        for n in range(1, 2 + _digest("track-count", album) % 8)
+    ]
+
+
 def resolve_library(item: BulkResolveInput, include_tracks: bool) -> dict[str, Any]:
     """The emulator's bulk-resolve answer for one input."""
     artist, album = _norm(item.artist_name), _norm(item.album_title)
     if is_compilation_artist(artist):
-        attempted = _digest("tracks", album) % 2 == 0
+        # Like a current LML, the per-track matcher runs only when asked for tracks, and not
+        # for every compilation; its credits echo the station's `compilation_track_artist` rows
+        # as `emulated_track_credits` names them.
+        attempted = include_tracks and _digest("tracks", album) % 2 == 0
         result: dict[str, Any] = {
             "kind": "compilation",
             "library_id": item.library_id,
             "provenance": [],
             "tracks_attempted": attempted,
         }
-        if attempted and include_tracks:
+        if attempted:
             result["tracks"] = [
-                {"position": n, "title": f"Emulated track {n}", "artist": f"Emulated artist {n}"}
-                for n in range(1, 2 + _digest("track-count", album) % 8)
+                {
+                    **credit,
+                    # A few misses on purpose: LML sends them and the writer must skip them.
+                    "resolved_artist_name": None if n % 4 == 0 else credit["artist_name"],
+                    "confidence": round(0.5 + _digest("track", album, str(n)) % 501 / 1000, 3),
+                }
+                for n, credit in enumerate(emulated_track_credits(album), start=1)
             ]
         return result
     if not artist or _digest("resolvable", artist) % 10 == 0:
@@ -300,6 +322,8 @@ class LmlEmulator:
 
     def __init__(self, api_key: str = "", **faults: Any) -> None:
         self.api_key = api_key
+        # False answers the bulk-resolve path 404, as an LML that predates it does.
+        self.serves_identity = True
         self._initial = Faults.model_validate(faults)
         self._faults = self._initial.model_copy()
         # Not security relevant: fault injection must be repeatable under a seed.
@@ -341,6 +365,7 @@ class LmlEmulator:
     def reset(self) -> None:
         self.reset_faults()
         self.clear_requests()
+        self.serves_identity = True
 
     def requests(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -434,6 +459,8 @@ class LmlEmulator:
         return 1, self._lookup(body, faults)
 
     def _bulk_resolve(self, body: object, faults: Faults) -> tuple[int, dict[str, Any]]:
+        if not self.serves_identity:
+            raise _Refusal(404, "Not Found")
         count = _item_count(body, "inputs")
         if count > MAX_BULK_RESOLVE_INPUTS:
             raise _Refusal(413, f"at most {MAX_BULK_RESOLVE_INPUTS} inputs", count)
@@ -452,11 +479,11 @@ class LmlEmulator:
             results.append(resolve_library(impostor, request.include_tracks))
         if faults.duplicate_results and results:
             results.append(dict(results[0]))
-        has_compilation = any(result["kind"] == "compilation" for result in results)
         return count, {
             "results": results,
             "cache_stats": {"hits": 0, "misses": count, "emulator": True},
-            "tracks_contract_version": 1 if has_compilation or request.include_tracks else None,
+            # A current LML answers null here even when asked for tracks.
+            "tracks_contract_version": None,
         }
 
     def _lookup_bulk(self, body: object, faults: Faults) -> tuple[int, dict[str, Any]]:

@@ -188,7 +188,8 @@ def test_bulk_resolve_answers_in_input_order(lml_client: LmlClient) -> None:
 
     assert [result.library_id for result in response.results] == [30, 10, 20]
     assert [result.kind for result in response.results][1:] == ["compilation", "compilation"]
-    assert response.tracks_contract_version == 1
+    # As a current LML: null, even for compilations.
+    assert response.tracks_contract_version is None
 
 
 def test_emulator_answers_look_like_lml(lml_client: LmlClient) -> None:
