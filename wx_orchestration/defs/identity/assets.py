@@ -36,7 +36,9 @@ class LibraryIdentityConfig(NoRetryConfig):
         default=7, gt=0, description="re-verify identities older than this"
     )
     unresolved_retry_days: int = Field(
-        default=30, ge=0, description="wait this long before asking again about an unresolved row"
+        default=30,
+        ge=0,
+        description="wait this long before asking again about an unresolved row or a compilation",
     )
     include_null_canonical: bool = Field(
         default=False, description="also send rows without a canonical_entity_id"
