@@ -146,7 +146,8 @@ ON CONFLICT (library_id, source) DO UPDATE SET
 
 _STAMP_UNRESOLVED = "UPDATE library SET unresolved_attempted_at = now() WHERE id = ANY(%s)"
 
-# Locked so a librarian's edit made meanwhile is seen (and kept) rather than overwritten.
+# Locked until the credits are written, so the librarian and unchanged checks made on what this
+# read still hold when the UPDATE lands.
 _CTA_ROWS = """
 SELECT id, library_id, artist_name, track_title, track_position, track_artist_id,
        track_artist_link_confidence, track_artist_link_method
@@ -173,7 +174,6 @@ UPDATE compilation_track_artist AS cta SET
 FROM json_to_recordset(%s::json) AS v(
     cta_id int, track_artist_id int, confidence real, position text)
 WHERE cta.id = v.cta_id
-  AND cta.track_artist_link_method IS DISTINCT FROM 'librarian'
 RETURNING cta.id, v.position IS NOT NULL
 """
 
