@@ -27,6 +27,7 @@ SKIP_REASONS = (
     "lml_untrusted_library_id",
 )
 MAIN_DIFF_FIELDS = ("method", "confidence", "wikidata_qid", "spotify_id", "apple_music_id")
+SOURCE_DIFF_FIELDS = ("external_id", "method", "confidence")
 # Per-track credit counters, named as the station's consumer names them; they count
 # `compilation_track_artist` rows, not library ids, so they stay outside the identity.
 TRACK_COUNTERS = (
@@ -42,7 +43,6 @@ TRACK_LINK_METHOD = "lml_backfill"
 LIBRARIAN_LINK_METHOD = "librarian"
 # `compilation_track_artist.track_position` is varchar(20); LML's is unbounded text.
 TRACK_POSITION_MAX_CHARS = 20
-SOURCE_DIFF_FIELDS = ("external_id", "method", "confidence")
 
 
 @dataclass(frozen=True)
