@@ -17,7 +17,7 @@ import psycopg
 
 from bench.common import bench_database, emulator_process, station_connection
 from wx_orchestration.clients.lml import LmlClient
-from wx_orchestration.core.identity import WRITER_NOTE, IdentityWrite, plan_batch
+from wx_orchestration.core.identity import WRITER_NOTE, BatchPlan, IdentityWrite, plan_batch
 from wx_orchestration.db.identity import SHARD_COUNT, Selection, select_stale_batch, write_batch
 from wx_orchestration.defs.identity.refresh import RefreshOptions, refresh_shard
 from wx_orchestration.devstack.station_rows import library_defaults
@@ -99,7 +99,8 @@ def collect_plans(conn: psycopg.Connection, lml: LmlClient, limit: int) -> list[
                 break
             after = batch[-1].library_id
             writes += plan_batch(
-                batch, lml.bulk_resolve_libraries([r.as_input() for r in batch])
+                batch,
+                lml.bulk_resolve_libraries([r.as_input() for r in batch], include_tracks=True),
             ).writes
     return writes[:limit]
 
@@ -131,7 +132,7 @@ def main() -> None:
         writes = collect_plans(conn, lml, args.baseline_rows)
         started = time.perf_counter()
         for i in range(0, len(writes), 500):
-            write_batch(conn, writes[i : i + 500], [])
+            write_batch(conn, BatchPlan(writes=writes[i : i + 500]))
         set_based = time.perf_counter() - started
         reset(conn)
         started = time.perf_counter()

@@ -114,6 +114,21 @@ class MainIdentity(LmlBody):
     bandcamp_id: str | None = None
 
 
+class BulkResolveTrack(LmlBody):
+    """One per-track credit of a compilation. `artist_name`/`track_title` echo the
+    `compilation_track_artist` row LML matched (the join key back to it); a null
+    `resolved_artist_name` is a miss. Confidence is left unbounded here: one out-of-range value
+    must cost only its own credit, not fail the whole batch."""
+
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+    artist_name: str | None = None
+    track_title: str | None = None
+    track_position: str | None = None
+    resolved_artist_name: str | None = None
+    confidence: float | None = None
+
+
 class BulkResolveResult(LmlBody):
     kind: ResolveKind
     library_id: int
@@ -122,7 +137,7 @@ class BulkResolveResult(LmlBody):
     method: str | None = None
     confidence: Confidence | None = None
     tracks_attempted: bool | None = None
-    tracks: list[Any] | None = None
+    tracks: list[BulkResolveTrack] | None = None
 
     @field_validator("provenance", mode="before")
     @classmethod

@@ -182,21 +182,43 @@ _SOURCE_ID_KEY = {
 }
 
 
+def emulated_track_credits(album_title: str) -> list[dict[str, str]]:
+    """The tracks the emulator credits on a compilation titled `album_title`, in the echo shape
+    (`artist_name`, `track_title`, `track_position`), for fixtures to seed matching rows."""
+    album = _norm(album_title)
+    return [
+        {
+            "artist_name": f"Emulated artist {n}",
+            "track_title": f"Emulated track {n}",
+            "track_position": str(n),
+        }
+        for n in range(1, 2 + _digest("track-count", album) % 8)
+    ]
+
+
 def resolve_library(item: BulkResolveInput, include_tracks: bool) -> dict[str, Any]:
     """The emulator's bulk-resolve answer for one input."""
     artist, album = _norm(item.artist_name), _norm(item.album_title)
     if is_compilation_artist(artist):
-        attempted = _digest("tracks", album) % 2 == 0
+        # Like a current LML, the per-track matcher runs only when asked for tracks, and not
+        # for every compilation; its credits echo the station's `compilation_track_artist` rows
+        # as `emulated_track_credits` names them.
+        attempted = include_tracks and _digest("tracks", album) % 2 == 0
         result: dict[str, Any] = {
             "kind": "compilation",
             "library_id": item.library_id,
             "provenance": [],
             "tracks_attempted": attempted,
         }
-        if attempted and include_tracks:
+        if attempted:
             result["tracks"] = [
-                {"position": n, "title": f"Emulated track {n}", "artist": f"Emulated artist {n}"}
-                for n in range(1, 2 + _digest("track-count", album) % 8)
+                {
+                    **credit,
+                    # A few misses on purpose: LML sends them and the writer must skip them.
+                    "resolved_artist_name": None if n % 4 == 0 else credit["artist_name"],
+                    "confidence": round(0.5 + _digest("track", album, str(n)) % 501 / 1000, 3),
+                }
+                for n, credit in enumerate(emulated_track_credits(album), start=1)
             ]
         return result
     if not artist or _digest("resolvable", artist) % 10 == 0:
@@ -508,7 +530,7 @@ class LmlEmulator:
         return count, {
             "results": results,
             "cache_stats": {"hits": 0, "misses": count, "emulator": True},
-            # What a current LML answers, compilations and `include_tracks` or not.
+            # A current LML answers null here even when asked for tracks.
             "tracks_contract_version": None,
         }
 

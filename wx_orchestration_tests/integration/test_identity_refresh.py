@@ -82,7 +82,7 @@ def test_single_artist_writes_main_and_source_rows(conn, fake) -> None:
     assert totals["scanned"] == 1
     assert totals["rows_resolved"] == 1
     assert [i["library_id"] for i in server.bodies[0]["inputs"]] == [16]
-    assert server.bodies[0]["include_tracks"] is False
+    assert server.bodies[0]["include_tracks"] is True
     assert server.auth_headers[0] == "Bearer sk-identity-test"
     main = conn.execute(
         "SELECT method, confidence, wikidata_qid, spotify_id, notes, last_verified_at > now() - "
@@ -270,3 +270,27 @@ def test_against_the_emulator_every_row_lands_in_one_bucket(conn, lml_client) ->
     assert totals.lml_total_calls == result.batches
     assert totals.rows_resolved > 0
     assert count(conn, "SELECT count(*) FROM library_identity") == totals.rows_resolved
+
+
+def test_a_changed_verdict_keeps_the_one_it_replaced_in_history(conn, fake) -> None:
+    server, client = fake
+    seed_library(conn, 2, start_id=16)
+    seed_library(conn, 1, start_id=32)
+    refresh_shard(conn, client, options(0))
+    assert count(conn, "SELECT count(*) FROM library_identity_history") == 0
+
+    def llm_for_16(body: dict[str, Any]) -> tuple[int, Any]:
+        status, payload = echo_single_artist(body)
+        for result in payload["results"]:
+            if result["library_id"] == 16:
+                result.update(method="llm", confidence=0.4)
+        return status, payload
+
+    server.answer = llm_for_16
+    conn.execute("UPDATE library_identity SET last_verified_at = now() - interval '8 days'")
+    assert refresh_shard(conn, client, options(0)).totals.rows_resolved == 2
+    history = conn.execute(
+        "SELECT library_id, method, confidence, superseded_reason FROM library_identity_history"
+    ).fetchall()
+    # 32 was re-verified unchanged: only 16's replaced verdict is history.
+    assert history == [(16, "exact_match", pytest.approx(0.9), "rerun")]

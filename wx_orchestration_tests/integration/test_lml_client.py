@@ -188,7 +188,7 @@ def test_bulk_resolve_answers_in_input_order(lml_client: LmlClient) -> None:
 
     assert [result.library_id for result in response.results] == [30, 10, 20]
     assert [result.kind for result in response.results][1:] == ["compilation", "compilation"]
-    # As a current LML answers, compilations or not.
+    # As a current LML: null, even for compilations.
     assert response.tracks_contract_version is None
 
 

@@ -6,13 +6,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wx_orchestration.contracts.lml import BulkResolveResponse
+from wx_orchestration.contracts.lml import BulkResolveResponse, BulkResolveTrack
 from wx_orchestration.core.identity import (
+    CompilationWrite,
+    CtaRow,
+    CtaUpdate,
     IdentityDiff,
     IdentityTotals,
     LibraryRow,
     diff_writes,
     plan_batch,
+    plan_track_credits,
 )
 
 
@@ -47,7 +51,12 @@ def response(results: list[dict[str, Any]], **extra: Any) -> BulkResolveResponse
 def totals_of(sent: list[LibraryRow], resp: BulkResolveResponse) -> IdentityTotals:
     plan = plan_batch(sent, resp)
     totals = IdentityTotals(scanned=len(sent))
-    plan.apply_to(totals, written=len(plan.writes), writer_errors=0)
+    plan.apply_to(
+        totals,
+        written=len(plan.writes),
+        compilations_written=len(plan.compilations),
+        writer_errors=0,
+    )
     return totals
 
 
@@ -92,23 +101,33 @@ def test_unresolved_is_counted_for_stamping() -> None:
     assert plan.unresolved_ids == [2]
 
 
+TRACK = {"artist_name": "A", "track_title": "T", "resolved_artist_name": "A", "confidence": 0.8}
+
+
 @pytest.mark.parametrize(
-    ("version_field", "attempted", "resolved"),
+    ("version_field", "fields", "resolved"),
     [
-        ({"tracks_contract_version": 1}, True, True),
-        ({"tracks_contract_version": 1}, False, False),
-        ({"tracks_contract_version": None}, True, False),  # key present, value null
-        ({}, True, False),  # key absent
-        ({"tracks_contract_version": 2}, True, False),
+        # A current LML answers the contract version null even when asked for tracks.
+        ({"tracks_contract_version": None}, {"tracks_attempted": True}, True),
+        ({}, {"tracks_attempted": True, "tracks": []}, True),  # visited, matched nothing
+        ({"tracks_contract_version": 1}, {"tracks_attempted": True}, True),
+        ({}, {"tracks_attempted": False, "tracks": [TRACK]}, True),  # listed tracks win
+        ({}, {"tracks": [TRACK]}, True),
+        ({"tracks_contract_version": 1}, {"tracks_attempted": False}, False),
+        ({}, {"tracks_attempted": None}, False),
+        ({}, {}, False),  # an LML that predates tracks says nothing of them
     ],
 )
-def test_compilation_counts_as_resolved_only_under_contract_v1_with_tracks(
-    version_field: dict[str, Any], attempted: bool, resolved: bool
+def test_compilation_resolves_when_lml_attempted_or_listed_its_tracks(
+    version_field: dict[str, Any], fields: dict[str, Any], resolved: bool
 ) -> None:
-    result = {"kind": "compilation", "library_id": 1, "tracks_attempted": attempted}
+    result = {"kind": "compilation", "library_id": 1, **fields}
+    plan = plan_batch(rows(1), response([result], **version_field))
     totals = totals_of(rows(1), response([result], **version_field))
     assert totals.rows_resolved_compilation == (1 if resolved else 0)
     assert totals.rows_skipped["compilation"] == (0 if resolved else 1)
+    # Resolved or not, a compilation LML answered is stamped so the next run waits.
+    assert len(plan.compilations) + len(plan.unvisited_compilation_ids) == 1
 
 
 def test_short_response_counts_missing_inputs_as_cardinality_mismatch() -> None:
@@ -218,3 +237,80 @@ def test_totals_use_the_documented_names() -> None:
         "lml_cardinality_mismatch",
         "lml_untrusted_library_id",
     }
+
+
+def cta(row_id: int, artist: str, title: str | None = "T", **overrides: Any) -> CtaRow:
+    values: dict[str, Any] = {
+        "id": row_id,
+        "library_id": 1,
+        "artist_name": artist,
+        "track_title": title,
+        "track_position": None,
+        "track_artist_id": None,
+        "track_artist_link_confidence": None,
+        "track_artist_link_method": None,
+        **overrides,
+    }
+    return CtaRow(**values)
+
+
+def credit(artist: str, title: str | None = "T", **overrides: Any) -> BulkResolveTrack:
+    values = {
+        "artist_name": artist,
+        "track_title": title,
+        "resolved_artist_name": artist,
+        "confidence": 0.8,
+        **overrides,
+    }
+    return BulkResolveTrack.model_validate(values)
+
+
+def track_plan(rows_: list[CtaRow], tracks: list[BulkResolveTrack], ids: dict[str, int | None]):
+    return plan_track_credits([CompilationWrite(1, tuple(tracks))], rows_, ids)
+
+
+def test_track_credit_links_the_echoed_row_to_its_catalog_artist() -> None:
+    plan = track_plan([cta(10, "A")], [credit("A", track_position="B2")], {"A": 7})
+    assert plan.updates == [CtaUpdate(10, 7, 0.8, "B2")]
+
+
+def test_track_credits_keep_librarian_links_and_skip_misses_and_strangers() -> None:
+    rows_ = [cta(10, "A", track_artist_link_method="librarian"), cta(11, "B")]
+    tracks = [credit("A"), credit("B", resolved_artist_name=None), credit("Nobody")]
+    plan = track_plan(rows_, tracks, {"A": 7})
+    assert plan.updates == []
+    assert plan.counts["compilation_track_rows_skipped_librarian"] == 1
+    assert plan.counts["compilation_track_rows_skipped_no_cta_match"] == 1
+
+
+def test_track_credit_without_a_single_catalog_artist_links_null() -> None:
+    plan = track_plan([cta(10, "A")], [credit("A", confidence=1.5)], {"A": None})
+    assert plan.updates == [CtaUpdate(10, None, None, None)]
+    assert plan.counts["compilation_track_rows_skipped_no_catalog_artist"] == 1
+
+
+def test_unchanged_track_credit_is_not_written() -> None:
+    # 0.1 is not a float4: the stored value reads back as 0.10000000149.
+    row = cta(
+        10,
+        "A",
+        track_artist_id=7,
+        track_artist_link_confidence=0.10000000149011612,
+        track_artist_link_method="lml_backfill",
+        track_position="3",
+    )
+    plan = track_plan([row], [credit("A", confidence=0.1, track_position="4")], {"A": 7})
+    assert plan.updates == []
+    assert plan.counts["compilation_track_rows_skipped_unchanged"] == 1
+
+
+def test_track_position_is_written_only_when_one_fits() -> None:
+    rows_ = [cta(10, "A"), cta(11, "B")]
+    tracks = [
+        credit("A", track_position="1"),
+        credit("A", track_position="2"),
+        credit("B", track_position="x" * 21),
+    ]
+    plan = track_plan(rows_, tracks, {"A": 7, "B": 8})
+    assert [(u.cta_id, u.position) for u in plan.updates] == [(10, None), (11, None)]
+    assert plan.counts["compilation_track_position_rows_skipped_ambiguous"] == 1

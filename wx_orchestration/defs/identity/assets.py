@@ -7,10 +7,12 @@ import sentry_sdk
 from pydantic import Field
 
 from wx_orchestration.clients.lml_budget import wait_until_lml_ready
+from wx_orchestration.contracts.lml import BULK_RESOLVE_PATH
 from wx_orchestration.core.identity import IdentityDiff, IdentityTotals
 from wx_orchestration.db.identity import Selection
 from wx_orchestration.defs.identity.partitions import LIBRARY_SHARDS
 from wx_orchestration.defs.identity.refresh import (
+    BulkResolveMissing,
     LmlAuthError,
     RefreshOptions,
     RefreshResult,
@@ -34,7 +36,9 @@ class LibraryIdentityConfig(NoRetryConfig):
         default=7, gt=0, description="re-verify identities older than this"
     )
     unresolved_retry_days: int = Field(
-        default=30, ge=0, description="wait this long before asking again about an unresolved row"
+        default=30,
+        ge=0,
+        description="wait this long before asking again about an unresolved row or a compilation",
     )
     include_null_canonical: bool = Field(
         default=False, description="also send rows without a canonical_entity_id"
@@ -155,6 +159,11 @@ def library_identity(
                 result = refresh_shard(conn, client, options, progress=context.log.info)
             except LmlAuthError as exc:
                 raise dg.Failure(description=str(exc), allow_retries=False) from None
+            except BulkResolveMissing as exc:
+                endpoint = f"{lml.get_client().base_url}{BULK_RESOLVE_PATH}"
+                raise dg.Failure(
+                    description=f"POST {endpoint}: {exc}", allow_retries=False
+                ) from None
         totals = result.totals
         for key, value in totals.as_dict().items():
             span.set_data(f"totals.{key}", value)

@@ -37,6 +37,11 @@ class LmlAuthError(RuntimeError):
     """LML refused our key: stop at once rather than burn through every batch."""
 
 
+class BulkResolveMissing(RuntimeError):
+    """LML answered 404 for the bulk-resolve endpoint: an LML too old to have it (the
+    February 2026 one). No later batch can fare better, so the run stops at the first."""
+
+
 @dataclass(frozen=True)
 class RefreshOptions:
     selection: Selection
@@ -58,13 +63,21 @@ def _resolve(
     with sentry_sdk.start_span(op="lml.bulk_resolve_libraries") as span:
         span.set_data("lml.batch_size", len(batch))
         try:
-            response = lml.bulk_resolve_libraries([row.as_input() for row in batch], stats=totals)
+            # The station's consumer always asks for tracks: without them no compilation resolves.
+            response = lml.bulk_resolve_libraries(
+                [row.as_input() for row in batch], include_tracks=True, stats=totals
+            )
         except LmlError as exc:
             if exc.kind == "auth":
                 raise LmlAuthError(
                     f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY. "
                     "The refresh stopped before sending more batches."
                 ) from exc
+            if exc.status == 404:
+                raise BulkResolveMissing(
+                    "this LML has no bulk-resolve endpoint (HTTP 404); library identity needs "
+                    "an LML that serves it. Nothing was written."
+                ) from None
             log.warning(
                 "bulk-resolve of %d rows failed (%s, status %s, retryable=%s): rows stay "
                 "selectable for the next run",
@@ -136,7 +149,18 @@ def _record(
     if result.diff is not None:
         main, sources = current_rows(conn, [w.library_id for w in plan.writes])
         diff_writes(plan.writes, main, sources, result.diff)
-        plan.apply_to(totals, written=len(plan.writes), writer_errors=0)
+        plan.apply_to(
+            totals,
+            written=len(plan.writes),
+            compilations_written=len(plan.compilations),
+            writer_errors=0,
+        )
     else:
-        outcome = write_batch(conn, plan.writes, plan.unresolved_ids)
-        plan.apply_to(totals, written=outcome.written, writer_errors=outcome.writer_errors)
+        outcome = write_batch(conn, plan)
+        plan.apply_to(
+            totals,
+            written=outcome.written,
+            compilations_written=outcome.compilations_written,
+            writer_errors=outcome.writer_errors,
+            track_rows=outcome.track_rows,
+        )
