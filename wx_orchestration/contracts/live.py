@@ -5,11 +5,13 @@ Every Server-Sent Event's `data:` is one `LiveFrame` as JSON, `{type, payload, t
 `frame` of an entry of stream `wx:live`; the SSE server sends that text with the entry id as the
 event's `id:`, so a frame is encoded once however many listeners receive it.
 
-Payloads of `insert` and `update` are a flowsheet row limited to `CLIENT_COLUMNS`; `delete`
+Payloads of `insert` and `update` are a flowsheet row limited to `CLIENT_COLUMNS` (plus the
+Discogs-unavailable fields of a linked row); `delete`
 carries `{id}`; `refetch` carries `{reason}`; `connection-established` carries `{clientId}`.
 
 `updated_at` is in the projection on purpose: it is the row's version (the same one that keys
-events, DESIGN.md §6), rendered as fixed-width UTC (`2024-05-01T16:00:00.000000Z`) so that
+events, DESIGN.md §6), rendered as fixed-width UTC with microseconds
+(`2024-05-01T16:00:00.000000Z`; the station's own timestamps are in milliseconds) so that
 comparing two versions is comparing two strings. A client merging the snapshot of
 `/flowsheet/recent` with the events that follow it applies a frame only when it carries a newer
 version of the row than the one it holds (`core.live.frame_applies`); that is what makes
@@ -22,8 +24,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from wx_orchestration.contracts.station import RESULT_COLUMNS
 
 LIVE_STREAM = "wx:live"
 # The projector's consumer group on `wx:cdc`.
@@ -44,29 +44,52 @@ LIVE_EVENT_TYPES: tuple[LiveEventType, ...] = (
 )
 
 
-# What a listener may see of a flowsheet row, and nothing else. Left out on purpose:
-# `enriching_since` (a claim's bookkeeping), `composer` and `composer_source` (not published by
-# the station), `search_doc` and any other generated or legacy column the real table carries.
-CLIENT_COLUMNS: tuple[str, ...] = (
+# What a listener may see of a flowsheet row, and nothing else: the station's client-facing
+# allow-list (`CLIENT_FACING_FLOWSHEET_COLUMNS`, apps/backend/utils/flowsheet-projection.ts in
+# WXYC/Backend-Service), in its order. Never `enriching_since`, `composer`, `search_doc`,
+# linkage or legacy columns: a column the station adds is not shown until it is added here.
+STATION_CLIENT_COLUMNS: tuple[str, ...] = (
     "id",
     "show_id",
     "album_id",
+    "rotation_id",
     "entry_type",
     "artist_name",
     "album_title",
     "track_title",
+    "track_position",
     "record_label",
+    "label_id",
     "play_order",
     "request_flag",
     "segue",
     "message",
     "add_time",
-    "updated_at",
+    "radio_hour",
     "dj_name",
-    *RESULT_COLUMNS,
     "metadata_status",
+    "artwork_url",
+    "discogs_url",
+    "release_year",
+    "spotify_url",
+    "apple_music_url",
+    "youtube_music_url",
+    "bandcamp_url",
+    "soundcloud_url",
+    "artist_bio",
+    "artist_wikipedia_url",
 )
-TIMESTAMP_COLUMNS = frozenset({"add_time", "updated_at"})
+# Plus the row's version, which the station leaves out: merging a snapshot with the events
+# after it needs it (`core.live.frame_applies`).
+CLIENT_COLUMNS: tuple[str, ...] = (*STATION_CLIENT_COLUMNS, "updated_at")
+# Rendered as the apps get them from the station (JavaScript's `toISOString()`: milliseconds).
+MILLISECOND_COLUMNS = frozenset({"add_time", "radio_hour"})
+# The row version keeps its microseconds: two versions within one millisecond must differ.
+VERSION_COLUMN = "updated_at"
+# For a row linked to the library, the station's feed adds its "not on Discogs" flag:
+# `discogsUnavailable` (a boolean) and, when the music director wrote one, the note.
+DISCOGS_UNAVAILABLE = "discogsUnavailable"
+DISCOGS_UNAVAILABLE_NOTE = "discogsUnavailableNote"
 
 
 class FrameError(ValueError):

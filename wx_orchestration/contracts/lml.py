@@ -175,6 +175,17 @@ class WriterCredits(LmlBody):
     provenance: str
 
 
+StreamingVerdict = Literal["verified", "unresolved", "absent"]
+
+
+class StreamingStatus(LmlBody):
+    """LML's verdict per streaming service (absent key: that service was not consulted)."""
+
+    spotify: StreamingVerdict | None = None
+    apple_music: StreamingVerdict | None = None
+    bandcamp: StreamingVerdict | None = None
+
+
 class Artwork(LmlBody):
     release_id: int | None = None
     release_url: str | None = None
@@ -190,6 +201,16 @@ class Artwork(LmlBody):
     bandcamp_url: str | None = None
     soundcloud_url: str | None = None
     writer_credits: WriterCredits | None = None
+    streaming_status: StreamingStatus | None = None
+    # The album record's extra fields: LML sends them when the item asks `extended: true`.
+    discogs_artist_id: int | None = None
+    label: str | None = None
+    full_release_date: str | None = None
+    genres: list[str] | None = None
+    styles: list[str] | None = None
+    tracklist: list[Any] | None = None
+    artist_image_url: str | None = None
+    profile_tokens: list[Any] | None = None
 
 
 class LookupResult(LmlBody):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from wx_orchestration.contracts.lml import (
     Artwork,
@@ -26,14 +26,18 @@ from wx_orchestration.contracts.lml import (
     LookupResult,
 )
 from wx_orchestration.contracts.station import RESULT_COLUMNS
+from wx_orchestration.core.album_record import (
+    album_record,
+    artist_bio,
+    artwork_url,
+    guarded_streaming,
+    release_year,
+    url,
+)
+from wx_orchestration.core.album_record import text as _text
+from wx_orchestration.core.streaming_urls import GUARDS
 
 URL_COLUMNS = frozenset(RESULT_COLUMNS) - {"release_year", "artist_bio"}
-# Every URL column is varchar(512): one longer value would fail a whole set-based finalize.
-MAX_URL_CHARS = 512
-_SMALLINT_MAX = 32767
-# Discogs serves this 1x1 image when a release has no cover; listeners' apps need a real image
-# or nothing, so it is written as NULL.
-_SPACER_GIF = "spacer.gif"
 _SHED_STATUSES = frozenset({"shed_limiter_saturated", "shed_breaker_open"})
 _ALWAYS_TRUSTED = frozenset({"direct", "compilation"})
 
@@ -44,14 +48,6 @@ TerminalStatus = Literal["enriched_match", "enriched_no_match"]
 
 
 # --- candidates and lookup items ------------------------------------------------------------
-
-
-def _text(value: object) -> str | None:
-    """The trimmed string, or None when missing, not a string, or blank. NUL characters are
-    dropped: PostgreSQL text cannot hold them, and one would fail a whole set-based write."""
-    if not isinstance(value, str):
-        return None
-    return value.replace("\x00", "").strip() or None
 
 
 @dataclass(frozen=True)
@@ -258,41 +254,22 @@ class FinalizePlan:
     fill_only: bool
 
 
-def _url(value: str | None) -> str | None:
-    text = _text(value)
-    return text if text is not None and len(text) <= MAX_URL_CHARS else None
-
-
-def _artwork_url(value: str | None) -> str | None:
-    url = _url(value)
-    if url is None or urlsplit(url).path.rsplit("/", 1)[-1].lower() == _SPACER_GIF:
-        return None
-    return url
-
-
-def _release_year(value: int | None) -> int | None:
-    return value if value is not None and 0 < value <= _SMALLINT_MAX else None
-
-
 def match_columns(artwork: Artwork) -> dict[str, Any]:
-    """The 10 result columns of a match, from LML's artwork."""
+    """The 10 result columns of an unlinked match (on the flowsheet row), from LML's artwork."""
+    urls, _ = guarded_streaming(artwork, GUARDS)
     return {
-        "artwork_url": _artwork_url(artwork.artwork_url),
-        "discogs_url": _url(artwork.release_url),
-        "spotify_url": _url(artwork.spotify_url),
-        "apple_music_url": _url(artwork.apple_music_url),
-        "youtube_music_url": _url(artwork.youtube_music_url),
-        "bandcamp_url": _url(artwork.bandcamp_url),
-        "soundcloud_url": _url(artwork.soundcloud_url),
-        "artist_wikipedia_url": _url(artwork.wikipedia_url),
-        "release_year": _release_year(artwork.release_year),
-        "artist_bio": _text(artwork.artist_bio),
+        "artwork_url": artwork_url(artwork.artwork_url),
+        "discogs_url": url(artwork.release_url),
+        **urls,
+        "artist_wikipedia_url": url(artwork.wikipedia_url),
+        "release_year": release_year(artwork.release_year),
+        "artist_bio": artist_bio(artwork.artist_bio),
     }
 
 
 def _search(template: str, *parts: str | None) -> str | None:
     query = " ".join(part for part in parts if part)
-    return _url(template + quote(query, safe=""))
+    return url(template + quote(query, safe=""))
 
 
 def search_columns(key: LookupKey) -> dict[str, Any]:
@@ -321,10 +298,15 @@ def composer_credit(artwork: Artwork | None, artist: str) -> tuple[str, Composer
 
 
 def finalize_plan(row: ClaimedRow, key: LookupKey, verdict: Verdict) -> FinalizePlan:
-    """The terminal write for a `match` or `no_match` verdict."""
+    """The terminal write for a `match` or `no_match` verdict: a linked match writes the whole
+    album record (`core.album_record`), an unlinked one the row's 10 result columns."""
     if verdict.kind == "match" and verdict.artwork is not None:
         status: TerminalStatus = "enriched_match"
-        columns, fill_only = match_columns(verdict.artwork), False
+        fill_only = False
+        if row.album_id is None:
+            columns = match_columns(verdict.artwork)
+        else:
+            columns = album_record(verdict.artwork, search_columns(key), GUARDS)
     elif verdict.kind == "no_match":
         status, columns, fill_only = "enriched_no_match", search_columns(key), True
     else:

@@ -22,6 +22,7 @@ from wx_orchestration.contracts.cdc import (
     STREAM_ACTIONS,
     StreamAction,
 )
+from wx_orchestration.core.album_record import bounded
 
 # Oversized rows are re-read and bridged whole, so an entry can exceed pg_notify's 8000 bytes;
 # a legitimate row stays far below this, and json.loads on a hostile megabyte is not free.
@@ -29,6 +30,12 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 METADATA_STATUSES = frozenset(
     {"pending", "enriching", "enriched_match", "enriched_no_match", "failed_no_retry"}
 )
+# What an event is keyed, routed and shown by: `fit_entry` never cuts these.
+_IDENTITY_COLUMNS = frozenset(
+    {"id", "updated_at", "metadata_status", "entry_type", "add_time", "album_id", "show_id"}
+)
+# What `fit_entry` leaves of a text column it has to cut.
+TRIMMED_TEXT_CHARS = 2_000
 _MAX_INT4 = 2**31 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -87,6 +94,51 @@ def row_cursor(row: Mapping[str, Any]) -> tuple[datetime, int] | None:
     if updated_at is None or row_id is None:
         return None
     return updated_at, row_id
+
+
+def _utf8_size(text: str) -> int:
+    # Four bytes a character at most: most entries are measured without encoding them.
+    if len(text) * 4 <= MAX_PAYLOAD_BYTES:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def fit_entry(payload: str) -> str:
+    """A `wx:cdc` entry body that fits `MAX_PAYLOAD_BYTES`, which every group's decoder holds
+    entries to: `payload` itself when it fits, else the same event with its row's longest text
+    columns cut to `TRIMMED_TEXT_CHARS` (and, should that not do, with only its identity
+    columns left), naming them in `trimmed`. A row written with a 400 KB `artist_bio` would
+    otherwise be dead-lettered by every group, and never reach the log or listeners; cut, it
+    is the same event (same key) with less text."""
+    if _utf8_size(payload) <= MAX_PAYLOAD_BYTES:
+        return payload
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return payload  # the decoder says why
+    row = body.get("row") if isinstance(body, dict) else None
+    if not isinstance(row, dict):
+        return payload
+    trimmed: list[str] = []
+    longest = sorted(
+        (k for k, v in row.items() if k not in _IDENTITY_COLUMNS and isinstance(v, str)),
+        key=lambda k: -len(row[k]),
+    )
+    for column in longest:
+        if len(row[column]) <= TRIMMED_TEXT_CHARS:
+            break
+        row[column] = bounded(row[column], TRIMMED_TEXT_CHARS)
+        trimmed.append(column)
+        fitted = _entry_json(body, trimmed)
+        if _utf8_size(fitted) <= MAX_PAYLOAD_BYTES:
+            return fitted
+    dropped = [k for k in row if k not in _IDENTITY_COLUMNS]
+    body["row"] = {k: v for k, v in row.items() if k in _IDENTITY_COLUMNS}
+    return _entry_json(body, sorted({*trimmed, *dropped}))
+
+
+def _entry_json(body: dict[str, Any], trimmed: list[str]) -> str:
+    return json.dumps({**body, "trimmed": trimmed}, separators=(",", ":"), ensure_ascii=False)
 
 
 def decode_stream_entry(entry_id: str, fields: object) -> FlowsheetEvent | DecodeError:

@@ -17,12 +17,17 @@ from typing import Any
 
 from wx_orchestration.contracts.live import (
     CLIENT_COLUMNS,
-    TIMESTAMP_COLUMNS,
+    DISCOGS_UNAVAILABLE,
+    DISCOGS_UNAVAILABLE_NOTE,
+    MILLISECOND_COLUMNS,
+    VERSION_COLUMN,
     LiveEventType,
     LiveFrame,
 )
 from wx_orchestration.contracts.station import RESULT_COLUMNS
+from wx_orchestration.core.album_record import MAX_BIO_CHARS, bounded
 from wx_orchestration.core.events import FlowsheetEvent, effective_action
+from wx_orchestration.core.streaming_urls import FEED_GUARDS
 
 # Older rows never reach listeners: historical imports and backfills must not flood them.
 LIVE_WINDOW = timedelta(hours=24)
@@ -46,8 +51,9 @@ class LiveEvent:
         return LiveFrame(self.type, self.payload, self.timestamp_ms)
 
 
-def utc_text(value: object) -> str | None:
-    """A timestamp as fixed-width UTC text (microseconds, `Z`), so versions compare as strings."""
+def utc_text(value: object, *, millis: bool = False) -> str | None:
+    """A timestamp as fixed-width UTC text (`Z`), so versions compare as strings: with
+    microseconds, or with milliseconds like JavaScript's `toISOString()` (the station's)."""
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value)
@@ -55,7 +61,8 @@ def utc_text(value: object) -> str | None:
             return None
     if not isinstance(value, datetime) or value.tzinfo is None:
         return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return f"{text[:-3] if millis else text}Z"
 
 
 def _moment(value: object) -> datetime | None:
@@ -75,19 +82,38 @@ def linked_album_id(row: Mapping[str, Any]) -> int | None:
     return None
 
 
-def project_row(row: Mapping[str, Any], album: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def project_row(row: Mapping[str, Any], linked: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The client-facing columns of a flowsheet row; unknown and internal keys are dropped.
 
-    For a linked row, `album` (its `album_metadata`) wins over the row's own enrichment
-    columns wherever it has a value, so apps get artwork whichever table holds it.
+    `linked` is what the library holds for a linked row: its `album_metadata` columns (which
+    win over the row's own wherever they have a value, so apps get artwork whichever table
+    holds it) and its `discogs_unavailable` flag and note, which become the station's
+    `discogsUnavailable` / `discogsUnavailableNote` fields. An unlinked row, or one whose album
+    is not in the library, has neither field.
+
+    As the station's feed does, a `spotify_url` that is not a release or a search, or an
+    `apple_music_url` not on Apple, is shown as null whoever wrote it. A bio is bounded like
+    the ones we write (`core.album_record`).
     """
     payload = {column: row.get(column) for column in CLIENT_COLUMNS}
-    if album is not None and linked_album_id(row) is not None:
+    if linked is not None and linked_album_id(row) is not None:
         for column in RESULT_COLUMNS:
-            if album.get(column) is not None:
-                payload[column] = album[column]
-    for column in TIMESTAMP_COLUMNS:
-        payload[column] = utc_text(payload[column])
+            if linked.get(column) is not None:
+                payload[column] = linked[column]
+        flag = linked.get("discogs_unavailable")
+        if isinstance(flag, bool):
+            payload[DISCOGS_UNAVAILABLE] = flag
+            note = linked.get("discogs_unavailable_note")
+            if note is not None:
+                payload[DISCOGS_UNAVAILABLE_NOTE] = note
+    for column, guard in FEED_GUARDS.items():
+        if payload[column] is not None and not guard(payload[column]):
+            payload[column] = None
+    if isinstance(payload["artist_bio"], str):
+        payload["artist_bio"] = bounded(payload["artist_bio"], MAX_BIO_CHARS)
+    for column in MILLISECOND_COLUMNS:
+        payload[column] = utc_text(payload[column], millis=True)
+    payload[VERSION_COLUMN] = utc_text(payload[VERSION_COLUMN])
     return payload
 
 
@@ -107,9 +133,9 @@ def live_event_type(event: FlowsheetEvent, now: datetime) -> LiveEventType | Non
 
 
 def build_live_event(
-    event: FlowsheetEvent, kind: LiveEventType, album: Mapping[str, Any] | None = None
+    event: FlowsheetEvent, kind: LiveEventType, linked: Mapping[str, Any] | None = None
 ) -> LiveEvent:
-    payload = {"id": event.flowsheet_id} if kind == "delete" else project_row(event.row, album)
+    payload = {"id": event.flowsheet_id} if kind == "delete" else project_row(event.row, linked)
     # The trigger's clock when there is one: a redelivery must produce the very same frame.
     timestamp_ms = event.cdc_ts_ms if event.cdc_ts_ms is not None else event.bridged_at_ms
     return LiveEvent(kind, payload, timestamp_ms, f"{kind}:{event.key}")

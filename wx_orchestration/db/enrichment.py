@@ -162,21 +162,91 @@ RETURNING f.id
 """
 
 
-def _album_upsert(fill_only: bool) -> LiteralString:
-    # Fill: an existing value (an earlier LML URL) wins over a no-match's search link.
-    template = "{0} = COALESCE(am.{0}, EXCLUDED.{0})" if fill_only else "{0} = EXCLUDED.{0}"
-    sets = ", ".join(template.format(name) for name in RESULT_COLUMNS)
-    columns = ", ".join(RESULT_COLUMNS)
-    return f"""
-INSERT INTO album_metadata AS am (album_id, {columns}, updated_at)
+# A no-match fills: an existing value (an earlier LML URL) wins over its search links.
+_ALBUM_FILL = f"""
+INSERT INTO album_metadata AS am (album_id, {", ".join(RESULT_COLUMNS)}, updated_at)
 SELECT v.album_id, {", ".join(f"v.{name}" for name in RESULT_COLUMNS)}, now()
 FROM json_to_recordset(%s::json) AS v(album_id int, {_recordset_columns()})
-ON CONFLICT (album_id) DO UPDATE SET {sets}, updated_at = EXCLUDED.updated_at
+ON CONFLICT (album_id) DO UPDATE SET
+    {", ".join(f"{name} = COALESCE(am.{name}, EXCLUDED.{name})" for name in RESULT_COLUMNS)},
+    updated_at = EXCLUDED.updated_at
+"""
+
+# The album record's other columns, as `json_to_recordset` types them.
+_RECORD_TYPES: dict[LiteralString, LiteralString] = {
+    "discogs_artist_id": "int",
+    "label": "text",
+    "full_release_date": "text",
+    "genres": "text[]",
+    "styles": "text[]",
+    "tracklist": "jsonb",
+    "artist_image_url": "text",
+    "bio_tokens": "jsonb",
+    "spotify_status": "text",
+    "apple_music_status": "text",
+    "bandcamp_status": "text",
+    "spotify_search": "text",
+    "bandcamp_search": "text",
+}
+_PLAIN: tuple[LiteralString, ...] = tuple(
+    name
+    for name in (*RESULT_COLUMNS, *_RECORD_TYPES)
+    if not name.endswith(("_status", "_search"))
+    and name not in ("spotify_url", "apple_music_url", "bandcamp_url")
+)
+
+
+def _streaming(service: LiteralString, fallback: bool) -> tuple[LiteralString, LiteralString]:
+    """The INSERT values and the ON CONFLICT assignment of `<service>_status, <service>_url`:
+    the station's `mergeStreamingField`, evaluated against the row as it stands when written.
+
+    Inserted, the verdict is this answer's and the link is its verified link, else the search
+    fallback (Apple Music has none: NULL). On conflict, a verified link is never replaced,
+    `absent` yields only to `verified`, and no verdict keeps what is there (for Apple Music an
+    `unresolved` too: it has no fallback to put there instead)."""
+    new, link = f"v.{service}_status", f"v.{service}_url"
+    other = f"v.{service}_search" if fallback else "NULL"
+    inserted = f"{new}, CASE WHEN {new} = 'verified' THEN {link} ELSE {other} END"
+    held, held_link = f"am.{service}_status", f"am.{service}_url"
+    status = f"""CASE WHEN EXCLUDED.{service}_status IS NULL THEN {held}
+        WHEN EXCLUDED.{service}_status = 'verified' THEN 'verified'
+        WHEN {held} IN ('verified', 'absent') THEN {held}
+        ELSE EXCLUDED.{service}_status END"""
+    replaced = "" if fallback else f" AND EXCLUDED.{service}_status IN ('verified', 'absent')"
+    url = f"""CASE WHEN {held} IS DISTINCT FROM 'verified'{replaced}
+        THEN EXCLUDED.{service}_url ELSE {held_link} END"""
+    return inserted, f"{service}_status = {status}, {service}_url = {url}"
+
+
+# Each service with a verdict, and whether a link not verified falls back to a search link.
+_VERDICT_SERVICES: tuple[tuple[LiteralString, bool], ...] = (
+    ("spotify", True),
+    ("apple_music", False),
+    ("bandcamp", True),
+)
+_STREAMING = [_streaming(service, fallback) for service, fallback in _VERDICT_SERVICES]
+
+
+def _album_record_upsert() -> LiteralString:
+    extra = ", ".join(f"{name} {kind}" for name, kind in _RECORD_TYPES.items())
+    merged_columns = ", ".join(f"{s}_status, {s}_url" for s, _ in _VERDICT_SERVICES)
+    return f"""
+INSERT INTO album_metadata AS am (album_id, {", ".join(_PLAIN)}, {merged_columns}, updated_at)
+SELECT v.album_id, {", ".join(f"v.{name}" for name in _PLAIN)},
+    {", ".join(inserted for inserted, _ in _STREAMING)}, now()
+FROM json_to_recordset(%s::json) AS v(album_id int, {_recordset_columns()}, {extra})
+ON CONFLICT (album_id) DO UPDATE SET
+    {", ".join(f"{name} = EXCLUDED.{name}" for name in _PLAIN)},
+    {", ".join(assigned for _, assigned in _STREAMING)},
+    -- A re-ask of an album already matched counts towards the station's re-ask cap; a first
+    -- match (a no-match's search-link shell included) does not.
+    streaming_reask_attempts = am.streaming_reask_attempts
+        + (am.artwork_url IS NOT NULL OR am.discogs_url IS NOT NULL)::int,
+    updated_at = EXCLUDED.updated_at
 """
 
 
-_ALBUM_REPLACE = _album_upsert(fill_only=False)
-_ALBUM_FILL = _album_upsert(fill_only=True)
+_ALBUM_REPLACE = _album_record_upsert()
 _FORGET_ATTEMPTS = "DELETE FROM wx_orchestration.enrichment_attempts WHERE flowsheet_id = ANY(%s)"
 
 

@@ -256,26 +256,58 @@ def _artwork(item: LookupItem, seed: int) -> dict[str, Any]:
     ids = _artist_ids(_norm(artist))
     slug = _slug(artist.casefold())
     release_id = 1 + seed % 30_000_000
+    year = 1955 + (seed >> 32) % 70
     writer_credits = (
         {"names": [artist], "provenance": "lml-emulator"} if item.song and seed % 3 == 0 else None
     )
-    return {
+    bandcamp = None if seed % 4 == 0 else f"https://{slug}.bandcamp.com/album/{_slug(album)}"
+    artwork = {
         "release_id": release_id,
         "release_url": f"https://www.discogs.com/release/{release_id}",
         "album": album,
         "artist": artist,
         "artwork_url": f"https://img.emulator.invalid/{seed:016x}.jpg",
-        "release_year": 1955 + (seed >> 32) % 70,
-        "artist_bio": f"{artist} is an artist invented by the LML emulator.",
+        "release_year": year,
+        "artist_bio": f"{artist} is an artist invented by the [a=LML emulator].",
         "wikipedia_url": f"https://en.wikipedia.org/wiki/{quote(artist.replace(' ', '_'))}",
-        "spotify_url": f"https://open.spotify.com/artist/{ids['spotify_artist_id']}",
-        "apple_music_url": f"https://music.apple.com/us/artist/{ids['apple_music_artist_id']}",
+        "spotify_url": "https://open.spotify.com/album/"
+        + _base62(_digest("spotify-album", str(seed), size=16), 22),
+        "apple_music_url": f"https://music.apple.com/us/album/{_slug(album)}/{release_id}",
         "youtube_music_url": "https://music.youtube.com/channel/UC"
         + _base62(_digest("youtube", _norm(artist), size=16), 22),
-        "bandcamp_url": None if seed % 4 == 0 else f"https://{slug}.bandcamp.com",
+        "bandcamp_url": bandcamp,
         "soundcloud_url": None if seed % 5 == 0 else f"https://soundcloud.com/{slug}",
         "writer_credits": writer_credits,
+        # LML's verdicts: a Bandcamp link it found is verified, one it looked for and did not
+        # find is absent; Apple Music lookups sometimes do not finish (unresolved).
+        "streaming_status": {
+            "spotify": "verified",
+            "apple_music": "verified" if seed % 7 else "unresolved",
+            "bandcamp": "absent" if bandcamp is None else "verified",
+        },
     }
+    if seed % 7 == 0:
+        artwork["apple_music_url"] = None
+    if item.extended:
+        artwork.update(
+            {
+                "discogs_artist_id": ids["discogs_artist_id"],
+                "label": f"{_slug(artist).title()} Records",
+                "full_release_date": f"{year}-{1 + seed % 12:02d}-{1 + seed % 28:02d}",
+                "genres": ["Electronic", "Rock"][: 1 + seed % 2],
+                "styles": ["Krautrock", "Post-Rock", "Lounge"][: 1 + seed % 3],
+                "tracklist": [
+                    {"position": f"A{n}", "title": f"{album} part {n}", "duration": "4:0{n}"}
+                    for n in range(1, 3 + seed % 4)
+                ],
+                "artist_image_url": f"https://img.emulator.invalid/artist/{ids['discogs_artist_id']}.jpg",
+                "profile_tokens": [
+                    {"type": "text", "text": f"{artist} is an artist invented by the "},
+                    {"type": "artist", "text": "LML emulator", "id": 1},
+                ],
+            }
+        )
+    return artwork
 
 
 def lookup_item(item: LookupItem) -> dict[str, Any]:

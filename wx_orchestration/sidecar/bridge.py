@@ -63,7 +63,7 @@ from wx_orchestration.contracts.cdc import (
     catchup_entry_json,
 )
 from wx_orchestration.core.change_hints import ChangeHint, events_from_hints, hinted_row_ids
-from wx_orchestration.core.events import row_cursor
+from wx_orchestration.core.events import fit_entry, row_cursor
 from wx_orchestration.core.outage import Outage
 from wx_orchestration.db.events import (
     DeadLetter,
@@ -137,8 +137,22 @@ class _Entry:
     def of(cls, event: StreamEvent) -> _Entry:
         position = row_cursor(event.row)
         return cls(
-            event.action, event.to_json(), None if position is None else Watermark(*position)
+            event.action,
+            _fitted(event.to_json()),
+            None if position is None else Watermark(*position),
         )
+
+
+def _fitted(payload: str) -> str:
+    fitted = fit_entry(payload)
+    if fitted is not payload:
+        log.warning(
+            "an event of %d bytes was cut to %d to fit the stream (its text columns are"
+            " shortened, its key is whole)",
+            len(payload.encode("utf-8", "surrogatepass")),
+            len(fitted.encode("utf-8", "surrogatepass")),
+        )
+    return fitted
 
 
 class _CatchUpScan:
@@ -573,7 +587,9 @@ class CdcBridge:
         if page:
             # Set first: the watermark saved while publishing must not pass the block in hand.
             scan.position = Watermark(page[-1][0].updated_at, 0)
-        entries = [_Entry("CATCHUP", catchup_entry_json(row, now_ms), p) for p, row in page]
+        entries = [
+            _Entry("CATCHUP", _fitted(catchup_entry_json(row, now_ms)), p) for p, row in page
+        ]
         if not self._publish(entries):
             self._abandon_scan()
             stop.wait(1.0)  # Redis is down; the next attempt starts over from the floor

@@ -80,7 +80,7 @@ from wx_orchestration.core.live import (
     parse_entry_id,
     resume_decision,
 )
-from wx_orchestration.db.live import MAX_RECENT, album_metadata, recent_plays
+from wx_orchestration.db.live import MAX_RECENT, linked_albums, recent_plays
 from wx_orchestration.settings import SettingsError, env_float, env_int
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.metrics import SidecarMetrics
@@ -255,7 +255,7 @@ class LiveProjector:
         albums: dict[int, dict[str, Any]] = {}
         if album_ids:
             with self.pool.connection() as conn:
-                albums = album_metadata(conn, self.schema, album_ids)
+                albums = linked_albums(conn, self.schema, album_ids)
         live = []
         for event, kind in chosen:
             album_id = linked_album_id(event.row)

@@ -14,7 +14,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from wx_orchestration.clients.lml import LmlClient
-from wx_orchestration.contracts.lml import LookupItem
+from wx_orchestration.contracts.lml import BulkLookupResponse, LookupItem
+from wx_orchestration.core.album_record import clean_discogs_bio
 from wx_orchestration.core.enrichment import LookupKey, RetryPolicy, lookup_item
 from wx_orchestration.db.enrichment import claim_backlog_batch, claim_rows_by_ids
 from wx_orchestration.devstack.lml_emulator import lookup_item as emulated_lookup
@@ -123,7 +124,7 @@ def test_unlinked_match_writes_the_result_columns_on_the_row(conn, lml_emulator,
     assert row["release_year"] == art["release_year"]
     assert row["artist_wikipedia_url"] == art["wikipedia_url"]
     assert row["apple_music_url"] == art["apple_music_url"]
-    assert row["artist_bio"] == art["artist_bio"]
+    assert row["artist_bio"] == clean_discogs_bio(art["artist_bio"])
     assert row["composer"] == artist
     assert row["composer_source"] in {"artist_proxy", "discogs_release"}
 
@@ -159,6 +160,144 @@ def test_linked_match_goes_to_album_metadata(conn, lml_emulator, lml_client):
     ).fetchone()
     art = expected_artwork(artist)
     assert album == (art["artwork_url"], art["release_url"])
+
+
+# Every album_metadata column the station's worker fills on a linked match
+# (`upsertMatchedAlbumMetadata` in apps/enrichment-worker/enrich.ts).
+STATION_ALBUM_RECORD = (
+    "artwork_url",
+    "discogs_url",
+    "release_year",
+    "spotify_url",
+    "spotify_status",
+    "apple_music_url",
+    "apple_music_status",
+    "youtube_music_url",
+    "bandcamp_url",
+    "bandcamp_status",
+    "soundcloud_url",
+    "artist_bio",
+    "artist_wikipedia_url",
+    "discogs_artist_id",
+    "label",
+    "full_release_date",
+    "genres",
+    "styles",
+    "tracklist",
+    "artist_image_url",
+    "bio_tokens",
+    "streaming_reask_attempts",
+)
+
+
+def album_record(conn: psycopg.Connection, album_id: int) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            sql.SQL("SELECT {} FROM album_metadata WHERE album_id = %s").format(
+                sql.SQL(", ").join(map(sql.Identifier, STATION_ALBUM_RECORD))
+            ),
+            (album_id,),
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+def emulated_full_record() -> tuple[str, dict[str, Any]]:
+    """An artist whose emulated match has a value for every field, with its artwork."""
+    for n in range(1000):
+        artist = f"Artist {n}"
+        answer = emulated_lookup(lookup_item(LookupKey(artist, "Some Album", "Some Song")))
+        if not answer["results"] or answer["results"][0]["library_item"]["id"] == 0:
+            continue
+        art = answer["results"][0]["artwork"]
+        if all(value is not None for value in art.values()):
+            return artist, art
+    raise AssertionError("no such artist among the first 1000")
+
+
+def test_a_linked_match_fills_the_whole_album_record(conn, lml_emulator, lml_client):
+    artist, art = emulated_full_record()
+    album_id = add_album(conn)
+    row_id = add_play(conn, artist, album_id=album_id)
+    assert enrich_claimed(conn, lml_client, claim_rows_by_ids(conn, [row_id])).match == 1
+    record = album_record(conn, album_id)
+    assert [column for column, value in record.items() if value is None] == []
+    assert record == {
+        "artwork_url": art["artwork_url"],
+        "discogs_url": art["release_url"],
+        "release_year": art["release_year"],
+        "spotify_url": art["spotify_url"],
+        "spotify_status": "verified",
+        "apple_music_url": art["apple_music_url"],
+        "apple_music_status": "verified",
+        "youtube_music_url": art["youtube_music_url"],
+        "bandcamp_url": art["bandcamp_url"],
+        "bandcamp_status": "verified",
+        "soundcloud_url": art["soundcloud_url"],
+        "artist_bio": f"{artist} is an artist invented by the LML emulator.",
+        "artist_wikipedia_url": art["wikipedia_url"],
+        "discogs_artist_id": art["discogs_artist_id"],
+        "label": art["label"],
+        "full_release_date": art["full_release_date"],
+        "genres": art["genres"],
+        "styles": art["styles"],
+        "tracklist": art["tracklist"],
+        "artist_image_url": art["artist_image_url"],
+        "bio_tokens": art["profile_tokens"],
+        "streaming_reask_attempts": 0,
+    }
+    # A second match of the album is a re-ask: counted, and its verified links stand.
+    again = add_play(conn, artist, album_id=album_id)
+    assert enrich_claimed(conn, lml_client, claim_rows_by_ids(conn, [again])).match == 1
+    assert album_record(conn, album_id) == {**record, "streaming_reask_attempts": 1}
+
+
+def test_a_verified_link_is_never_replaced_and_absent_yields_only_to_verified(conn, fake):
+    server, client = fake
+    album_id = add_album(conn)
+    conn.execute(
+        "INSERT INTO album_metadata (album_id, spotify_url, spotify_status, bandcamp_url,"
+        " bandcamp_status, apple_music_url, apple_music_status) VALUES (%s,"
+        " 'https://open.spotify.com/album/kept', 'verified', NULL, 'absent',"
+        " 'https://music.apple.com/us/album/x/1', 'unresolved')",
+        (album_id,),
+    )
+    artwork = {
+        "release_url": "https://www.discogs.com/release/1",
+        "spotify_url": "https://open.spotify.com/album/other",
+        "apple_music_url": None,
+        "streaming_status": {"spotify": "verified", "bandcamp": "unresolved"},
+    }
+    server.answer = lambda body: (
+        200,
+        {
+            "results": [
+                {
+                    "index": 0,
+                    "status": "match",
+                    "lookup": {
+                        "results": [{"library_item": {"id": 1}, "artwork": artwork}],
+                        "search_type": "direct",
+                    },
+                }
+            ]
+        },
+    )
+    row_id = add_play(conn, "Stereolab", album_id=album_id)
+    assert enrich_claimed(conn, client, claim_rows_by_ids(conn, [row_id])).match == 1
+    record = album_record(conn, album_id)
+    assert (record["spotify_url"], record["spotify_status"]) == (
+        "https://open.spotify.com/album/kept",
+        "verified",
+    )
+    # Absent stays absent on an unresolved answer; its link is the search fallback.
+    assert record["bandcamp_status"] == "absent"
+    assert record["bandcamp_url"].startswith("https://bandcamp.com/search?q=Stereolab")
+    # No verdict for Apple Music this time: what was there stays.
+    assert (record["apple_music_url"], record["apple_music_status"]) == (
+        "https://music.apple.com/us/album/x/1",
+        "unresolved",
+    )
 
 
 def test_linked_no_match_keeps_an_existing_lml_url(conn, lml_emulator, lml_client):

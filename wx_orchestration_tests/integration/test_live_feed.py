@@ -275,11 +275,16 @@ def test_plays_and_their_enrichment_reach_listeners_and_nothing_else(live: LiveS
         assert [(e.id, e.frame) for e in listener.feed()] == live_entries(live.redis)
 
 
-def test_linked_rows_carry_album_metadata(live: LiveServer) -> None:
+def test_linked_rows_carry_album_metadata_and_the_discogs_flag(live: LiveServer) -> None:
     with streaming(live) as listener, connect(live.database_url) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(STATION_SCHEMA)))
         album = insert_library(
             conn, [{"artist_name": "Broadcast", "album_title": "Tender Buttons"}]
+        )
+        conn.execute(
+            "UPDATE library SET discogs_unavailable = true,"
+            " discogs_unavailable_note = 'Promo pressing' WHERE id = %s",
+            (album[0],),
         )
         conn.execute(
             sql.SQL(
@@ -291,6 +296,8 @@ def test_linked_rows_carry_album_metadata(live: LiveServer) -> None:
         (inserted,) = listener.wait_feed(1, what="the linked insert")
         assert inserted.frame.payload["artwork_url"] == "https://img.example/tender.jpg"
         assert inserted.frame.payload["release_year"] == 2005
+        assert inserted.frame.payload["discogsUnavailable"] is True
+        assert inserted.frame.payload["discogsUnavailableNote"] == "Promo pressing"
         snapshot = httpx.get(f"{live.base}/flowsheet/recent", timeout=5).json()
         assert snapshot["entries"] == [inserted.frame.payload]
 

@@ -26,6 +26,7 @@ from wx_orchestration.core.events import (
     effective_action,
     entry_text,
     event_key,
+    fit_entry,
     row_cursor,
 )
 
@@ -284,3 +285,37 @@ def test_offsets_never_change_the_key(
         return decoded(StreamEvent("UPDATE", row, None, 1).fields())
 
     assert event(first).key == event(second).key == event_key(7, moment, status)
+
+
+def _decoded(payload: str) -> FlowsheetEvent:
+    event = decode_stream_entry("1-0", {PAYLOAD_FIELD.encode(): payload.encode()})
+    assert isinstance(event, FlowsheetEvent)
+    return event
+
+
+@pytest.mark.parametrize("bio", ["é" * 400_000, "a" * 400_000, "😀" * 100_000])
+def test_an_oversized_entry_is_cut_to_fit_and_keeps_its_key(bio: str) -> None:
+    row = {**ROW, "metadata_status": "enriched_match", "artist_bio": bio, "message": "hi"}
+    whole = StreamEvent("UPDATE", row, 1, 2).to_json()
+    assert isinstance(decode_stream_entry("1-0", {PAYLOAD_FIELD: whole}), DecodeError)
+    fitted = fit_entry(whole)
+    assert len(fitted.encode()) <= MAX_PAYLOAD_BYTES
+    event = _decoded(fitted)
+    assert event.key == event_key(42, datetime(2024, 5, 1, 16, 0, 0, 123456, UTC), "enriched_match")
+    assert event.row["artist_name"] == "Stereolab"
+    assert event.row["message"] == "hi"
+    assert event.row["artist_bio"].startswith(bio[:100])
+    assert json.loads(fitted)["trimmed"] == ["artist_bio"]
+
+
+def test_an_entry_that_fits_is_left_as_it_is() -> None:
+    payload = StreamEvent("UPDATE", ROW, 1, 2).to_json()
+    assert fit_entry(payload) is payload
+
+
+def test_a_row_too_wide_to_cut_keeps_only_its_identity() -> None:
+    row = {**ROW, **{f"legacy_{n}": "x" * 1_999 for n in range(200)}}
+    fitted = fit_entry(StreamEvent("UPDATE", row, 1, 2).to_json())
+    event = _decoded(fitted)
+    assert set(event.row) == {"id", "updated_at", "metadata_status"}
+    assert len(json.loads(fitted)["trimmed"]) == 202

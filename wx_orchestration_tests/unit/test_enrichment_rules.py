@@ -14,8 +14,8 @@ from wx_orchestration.contracts.lml import (
     HealthResponse,
     LookupResponse,
 )
+from wx_orchestration.core.album_record import MAX_URL_CHARS
 from wx_orchestration.core.enrichment import (
-    MAX_URL_CHARS,
     RESULT_COLUMNS,
     ClaimedRow,
     LookupKey,
@@ -316,7 +316,7 @@ def artwork(**overrides: Any) -> Artwork:
             "release_year": 1994,
             "artist_bio": "  A band.  ",
             "wikipedia_url": "https://en.wikipedia.org/wiki/Band",
-            "spotify_url": "https://open.spotify.com/artist/x",
+            "spotify_url": "https://open.spotify.com/album/x",
             "apple_music_url": "https://music.apple.com/us/artist/1",
             "youtube_music_url": "https://music.youtube.com/channel/y",
             "bandcamp_url": "https://band.bandcamp.com",
@@ -332,7 +332,7 @@ def test_match_columns_map_lml_fields() -> None:
     assert columns == {
         "artwork_url": "https://i.discogs.com/9.jpg",
         "discogs_url": "https://www.discogs.com/release/9",
-        "spotify_url": "https://open.spotify.com/artist/x",
+        "spotify_url": "https://open.spotify.com/album/x",
         "apple_music_url": "https://music.apple.com/us/artist/1",
         "youtube_music_url": "https://music.youtube.com/channel/y",
         "bandcamp_url": "https://band.bandcamp.com",
@@ -354,6 +354,14 @@ def test_match_columns_map_lml_fields() -> None:
         ({"release_year": None}, "release_year", None),
         ({"release_url": None}, "discogs_url", None),
         ({"spotify_url": "https://x/" + "a" * MAX_URL_CHARS}, "spotify_url", None),
+        ({"spotify_url": "https://open.spotify.com/artist/x"}, "spotify_url", None),
+        ({"spotify_url": "https://www.deezer.com/album/1"}, "spotify_url", None),
+        ({"apple_music_url": "https://tidal.com/browse/album/1"}, "apple_music_url", None),
+        (
+            {"artist_bio": "With [a=Tim Gane], [a8390436] and [url=https://x]Laetitia[/url]."},
+            "artist_bio",
+            "With Tim Gane and Laetitia.",
+        ),
         ({"artist_bio": ""}, "artist_bio", None),
     ],
 )

@@ -123,7 +123,7 @@ def test_payload_is_the_client_columns_only_with_utc_timestamps() -> None:
     for internal in ("enriching_since", "composer", "composer_source", "search_doc"):
         assert internal not in payload
     assert "legacy_show_code" not in payload
-    assert payload["add_time"] == "2024-05-02T11:55:00.000000Z"
+    assert payload["add_time"] == "2024-05-02T11:55:00.000Z"
     assert payload["updated_at"] == "2024-05-02T11:59:00.000000Z"
 
 
