@@ -395,8 +395,8 @@ def backfill_with_live_plays(args: argparse.Namespace, redis_url: str) -> None:
     outcome = drain.outcome
     elapsed = drain.elapsed_s
     total, batch = limits.total, limits.batch
-    total_cap = 1000 * total.calls / total.window_ms
-    batch_cap = 1000 * batch.calls / batch.window_ms
+    total_cap = 1000 / total.interval_ms
+    batch_cap = 1000 / batch.interval_ms
     backlog_stats = budget.stats["backlog"]
     print(
         f"(b) backfill of {outcome.rows} rows ({args.distinct} distinct records, "

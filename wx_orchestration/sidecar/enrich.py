@@ -167,7 +167,10 @@ class EnrichRole:
         self.budget = LmlBudget(
             client,
             BudgetLimits(
-                settings.lml_rate_per_second, settings.lml_max_concurrent, settings.lml_live_reserve
+                settings.lml_rate_per_second,
+                settings.lml_max_concurrent,
+                settings.lml_live_reserve,
+                settings.lml_burst,
             ),
         )
         # No client-side retries: a retry must queue for the budget like any other call.
