@@ -83,6 +83,13 @@ BUDGET_POLL_S = 0.25
 # A play waiting longer than this for the budget is left to the backlog. Its entry is held
 # meanwhile, so this stays below the reclaim idle (`claim_idle_ms`) minus LML_TIMEOUT_S.
 DEFAULT_MAX_BUDGET_WAIT_S = 30.0
+Gather = Callable[[int, int], list[FlowsheetEvent] | None]
+# A sink reads on for waiting calls only this long after its own batch: under a steady stream it
+# would otherwise never finish, and its entries must be acknowledged well before the reclaim
+# idle (60 s): this, plus the budget wait limit, plus an LML call stay below it.
+GATHER_WINDOW_S = 10.0
+# A play waiting this long makes its call count as full (`core.coalescing`).
+FULL_AFTER_S = 10.0
 # The pool's default wait (30 s) would outlast the retries of a cut finalize.
 FINALIZE_CONNECT_TIMEOUT_S = 5.0
 # How soon the role notices `stop` while its consumers run.
@@ -233,7 +240,7 @@ class EnrichRole:
         self.budget_waits = BudgetWaits(self.budget)
         ctx.metrics.registry.register(self.budget_waits)
         # Flowsheet ids of the plays waiting for a call, shared by every consumer's sink.
-        self.queue: LaneQueue[int, LookupKey] = LaneQueue(MAX_LOOKUP_BULK_ITEMS)
+        self.queue: LaneQueue[int, LookupKey] = LaneQueue(MAX_LOOKUP_BULK_ITEMS, FULL_AFTER_S)
         self._queue_changed = threading.Condition()
         self._callers_waiting = 0
         self._stop = threading.Event()
@@ -327,11 +334,16 @@ class EnrichRole:
         budget) once each of their plays is settled; none if stopping first (they are
         redelivered); raises if a call carrying some of them failed."""
         finished = [event.entry_id for event in events]
+        until = time.monotonic() + GATHER_WINDOW_S
+
+        def gather(count: int, block_ms: int) -> list[FlowsheetEvent] | None:
+            return more(count, block_ms) if more and time.monotonic() < until else None
+
         with self._queue_changed:
             ticket = self.queue.open_ticket()
         try:
             self._admit(events, ticket)
-            state = self._see_through(ticket, more, finished)
+            state = self._see_through(ticket, gather, finished)
         finally:
             with self._queue_changed:
                 self.queue.close_ticket(ticket)
@@ -365,7 +377,7 @@ class EnrichRole:
     def _see_through(
         self,
         ticket: int,
-        more: Callable[[int, int], list[FlowsheetEvent]] | None,
+        gather: Gather,
         finished: list[str],
     ) -> TicketState | None:
         """Until the ticket's plays are settled: be the process's caller for the waiting
@@ -388,7 +400,7 @@ class EnrichRole:
             if expired:
                 self._left_for_backlog(expired)
             elif calling:
-                self._call_when_granted(ticket, more, finished)
+                self._call_when_granted(ticket, gather, finished)
 
     def _left_for_backlog(self, expired: Sequence[Waiting[int, LookupKey]]) -> None:
         self.metrics.left_for_backlog.inc(len(expired))
@@ -403,7 +415,7 @@ class EnrichRole:
     def _call_when_granted(
         self,
         ticket: int,
-        more: Callable[[int, int], list[FlowsheetEvent]] | None,
+        gather: Gather,
         finished: list[str],
     ) -> None:
         """Wait for a slot sized by the queue's fullness, gathering plays meanwhile; then take
@@ -422,7 +434,7 @@ class EnrichRole:
                         or time.monotonic() - oldest >= self.max_budget_wait_s
                     ):
                         return
-                    fullness = self.queue.fullness()
+                    fullness = self.queue.fullness(time.monotonic())
                 grant = self.budget.try_acquire(LANE, fullness=fullness)
                 if grant.granted:
                     break
@@ -430,7 +442,7 @@ class EnrichRole:
                 if not paused and grant.wait_s > BUDGET_PATIENCE_S:
                     paused = True
                     self.budget_waits.pause_began()
-                self._gather(ticket, more, finished, min(grant.wait_s, BUDGET_POLL_S))
+                self._wait_gathering(ticket, gather, finished, min(grant.wait_s, BUDGET_POLL_S))
             with self._queue_changed:
                 taken = self.queue.take()
                 self._callers_waiting -= 1
@@ -446,20 +458,20 @@ class EnrichRole:
         )
         self._call(taken, _Slot(self.budget, grant.token, granted=True))
 
-    def _gather(
+    def _wait_gathering(
         self,
         ticket: int,
-        more: Callable[[int, int], list[FlowsheetEvent]] | None,
+        gather: Gather,
         finished: list[str],
         wait_s: float,
     ) -> None:
         """Wait up to `wait_s` for the budget, reading on in the stream meanwhile: plays that
         arrive join the waiting call."""
-        if more is None:
+        events = gather(MAX_LOOKUP_BULK_ITEMS, round(wait_s * 1000))
+        if events is None:
             with self._queue_changed:
                 self._queue_changed.wait(wait_s)
             return
-        events = more(MAX_LOOKUP_BULK_ITEMS, round(wait_s * 1000))
         if events:
             finished.extend(event.entry_id for event in events)
             self._admit(events, ticket)

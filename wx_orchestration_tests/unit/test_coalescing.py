@@ -6,7 +6,7 @@ from wx_orchestration.core.coalescing import LaneQueue
 
 
 def queue_with(keys: list[str], max_keys: int = 3) -> tuple[LaneQueue[int, str], int]:
-    queue: LaneQueue[int, str] = LaneQueue(max_keys)
+    queue: LaneQueue[int, str] = LaneQueue(max_keys, full_after_s=10.0)
     ticket = queue.open_ticket()
     queue.add(ticket, ((n, key) for n, key in enumerate(keys)), now=10.0)
     return queue, ticket
@@ -23,15 +23,22 @@ def test_a_call_takes_everything_waiting_up_to_its_distinct_keys() -> None:
 
 def test_fullness_and_callers_follow_the_distinct_keys_waiting() -> None:
     queue, _ = queue_with(["a", "a", "b"], max_keys=4)
-    assert queue.fullness() == 0.5
+    assert queue.fullness(now=10.0) == 0.5
     assert queue.callers_wanted() == 1
     queue.add(queue.open_ticket(), [(9, f"k{n}") for n in range(7)], now=11.0)
-    assert queue.fullness() == 1.0
+    assert queue.fullness(now=11.0) == 1.0
     assert queue.callers_wanted() == 3  # nine keys: two full calls and a partial one
     queue.take()
     queue.take()
     queue.take()
-    assert (queue.fullness(), queue.callers_wanted()) == (0.0, 0)
+    assert (queue.fullness(now=11.0), queue.callers_wanted()) == (0.0, 0)
+
+
+def test_a_long_wait_counts_as_a_fuller_call() -> None:
+    queue, _ = queue_with(["a"], max_keys=100)  # waiting since 10.0
+    assert queue.fullness(now=10.0) == 0.01
+    assert queue.fullness(now=15.0) == 0.5
+    assert queue.fullness(now=30.0) == 1.0
 
 
 def test_a_ticket_is_done_once_every_play_it_brought_is_settled() -> None:
@@ -70,4 +77,4 @@ def test_plays_waiting_too_long_and_a_stopping_tickets_plays_leave_the_queue() -
 
 def test_a_call_carries_at_least_one_key() -> None:
     with pytest.raises(ValueError, match="at least one"):
-        LaneQueue(0)
+        LaneQueue(0, full_after_s=10.0)
