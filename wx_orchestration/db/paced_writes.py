@@ -63,6 +63,16 @@ def flowsheet_transaction(
         waited += wait
 
 
+def room_wait_s(conn: psycopg.Connection, statements: int, policy: LeadPolicy) -> float:
+    """Seconds until our statements' lead leaves room for `statements` more, read without the
+    pace lock: a caller that waits for room before it takes its work makes the work wait, not a
+    claim, and takes more of it."""
+    if policy.max_lead_s <= 0:
+        return 0.0
+    row = conn.execute(_OWN_LEAD).fetchone()
+    return policy.wait_s(row[0] if row else 0.0, statements)
+
+
 _LEADS = """
 SELECT extract(epoch FROM w.last_modified_at - clock_timestamp())::float8,
        extract(epoch FROM p.next_at - clock_timestamp())::float8

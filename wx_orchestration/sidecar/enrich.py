@@ -59,14 +59,16 @@ from wx_orchestration.core.enrichment import (
     enrichment_candidate,
 )
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry, effective_action
+from wx_orchestration.core.watermark_lead import LeadPolicy
 from wx_orchestration.db.enrichment import claim_rows_by_ids
+from wx_orchestration.db.paced_writes import room_wait_s
 from wx_orchestration.flows.enrichment import (
     ConnectionLost,
     EnrichmentOutcome,
     VerdictCache,
     enrich_claimed_reconnecting,
 )
-from wx_orchestration.settings import env_float, env_int
+from wx_orchestration.settings import env_float, env_int, flowsheet_max_lead_from_env
 from wx_orchestration.sidecar.claims import ClaimLocks
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
@@ -435,6 +437,10 @@ class EnrichRole:
                     ):
                         return
                     fullness = self.queue.fullness(time.monotonic())
+                pacing = self._pacing_wait_s()
+                if pacing > 0:
+                    self._wait_gathering(ticket, gather, finished, min(pacing, BUDGET_POLL_S))
+                    continue
                 grant = self.budget.try_acquire(LANE, fullness=fullness)
                 if grant.granted:
                     break
@@ -457,6 +463,16 @@ class EnrichRole:
             LANE, time.monotonic() - started if waited else 0.0, fallback=grant.fallback
         )
         self._call(taken, _Slot(self.budget, grant.token, granted=True))
+
+    def _pacing_wait_s(self) -> float:
+        """How long until our flowsheet writes have room for this call's claim and finalize
+        (`db.paced_writes`): waited for, gathering, before the call takes its plays, so a burst
+        under pacing is carried by fewer, fuller calls instead of a partial first one."""
+        policy = LeadPolicy(max_lead_s=flowsheet_max_lead_from_env())
+        if policy.max_lead_s <= 0:
+            return 0.0
+        with self._connection() as conn:
+            return room_wait_s(conn, 2, policy)
 
     def _wait_gathering(
         self,
