@@ -1,4 +1,5 @@
-"""Run the benchmarks: `python -m bench` (all) or `python -m bench identity_refresh ...`.
+"""Run the benchmarks: `python -m bench` (all) or `python -m bench identity_refresh ...`;
+arguments after the names (from the first starting with `-`) go to each benchmark named.
 
 Each benchmark measures its naive baseline in the same run and prints the ratio. Servers are
 embedded (PostgreSQL with durable commits, Valkey) unless DATABASE_URL / REDIS_URL are set.
@@ -21,7 +22,8 @@ def available() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or available()
+    split = next((n for n, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    names, extra = argv[:split] or available(), argv[split:]
     unknown = sorted(set(names) - set(available()))
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(available())}")
@@ -29,7 +31,7 @@ def main(argv: list[str]) -> int:
     for name in names:
         print(f"=== bench.{name}", flush=True)
         saved = sys.argv
-        sys.argv = [f"bench.{name}"]
+        sys.argv = [f"bench.{name}", *extra]
         try:
             runpy.run_module(f"bench.{name}", run_name="__main__")
         finally:

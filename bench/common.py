@@ -27,14 +27,15 @@ def _with_database(url: str, database: str) -> str:
 
 
 @contextmanager
-def bench_database() -> Iterator[str]:
-    """A new database with the station mirror and our schema, dropped afterwards."""
+def bench_database(settings: tuple[str, ...] = ()) -> Iterator[str]:
+    """A new database with the station mirror and our schema, dropped afterwards; `settings`
+    apply to the embedded server only."""
     with tempfile.TemporaryDirectory(prefix="wx-bench-") as tmp:
         Path(tmp).chmod(0o755)
         server = None
         admin = os.environ.get("DATABASE_URL")
         if not admin:
-            server = EmbeddedPostgres(Path(tmp), durable=True)
+            server = EmbeddedPostgres(Path(tmp), durable=True, settings=settings)
             admin = server.start()
         name = f"wxbench_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(admin, autocommit=True) as conn:

@@ -49,7 +49,7 @@ from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
 from wx_orchestration.contracts.cdc import CDC_STREAM
 from wx_orchestration.contracts.lml import BulkLookupResult
-from wx_orchestration.core.budget import BudgetLimits
+from wx_orchestration.core.budget import DEFAULT_BURST, BudgetLimits
 from wx_orchestration.core.enrichment import finalize_plan, lookup_item, verdict_for
 from wx_orchestration.db.enrichment import claim_rows_by_ids, finalize_rows
 from wx_orchestration.flows.enrichment import drain_backlog
@@ -175,7 +175,9 @@ def play_live(
     return plays
 
 
-def sidecar_settings(url: str, redis_url: str, lml_url: str, rate: float) -> Settings:
+def sidecar_settings(
+    url: str, redis_url: str, lml_url: str, rate: float, burst: int = DEFAULT_BURST
+) -> Settings:
     return Settings.from_env(
         {
             "DATABASE_URL": url,
@@ -183,6 +185,7 @@ def sidecar_settings(url: str, redis_url: str, lml_url: str, rate: float) -> Set
             "WXYC_SCHEMA_NAME": STATION_SCHEMA,
             "LIBRARY_METADATA_URL": lml_url,
             "LML_RATE_PER_SECOND": str(rate),
+            "LML_BURST": str(burst),
             "LML_MAX_CONCURRENT": "5",
             "LML_LIVE_RESERVE": "0.5",
         }
@@ -191,10 +194,18 @@ def sidecar_settings(url: str, redis_url: str, lml_url: str, rate: float) -> Set
 
 @contextmanager
 def fast_path(
-    url: str, redis_url: str, lml_url: str, rate: float, config: SidecarConfig
+    url: str,
+    redis_url: str,
+    lml_url: str,
+    rate: float,
+    config: SidecarConfig,
+    burst: int = DEFAULT_BURST,
 ) -> Iterator[EnrichRole]:
     sidecar = Sidecar(
-        sidecar_settings(url, redis_url, lml_url, rate), config, ("bridge", "enrich"), "bench"
+        sidecar_settings(url, redis_url, lml_url, rate, burst),
+        config,
+        ("bridge", "enrich"),
+        "bench",
     )
     sidecar.start(serve_http=False)
     try:
@@ -395,8 +406,8 @@ def backfill_with_live_plays(args: argparse.Namespace, redis_url: str) -> None:
     outcome = drain.outcome
     elapsed = drain.elapsed_s
     total, batch = limits.total, limits.batch
-    total_cap = 1000 * total.calls / total.window_ms
-    batch_cap = 1000 * batch.calls / batch.window_ms
+    total_cap = 1000 / total.interval_ms
+    batch_cap = 1000 / batch.interval_ms
     backlog_stats = budget.stats["backlog"]
     print(
         f"(b) backfill of {outcome.rows} rows ({args.distinct} distinct records, "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from wx_orchestration.contracts.lml import DEFAULT_LML_RETRY_AFTER_CAP_S, normalize_lml_url
+from wx_orchestration.core.budget import DEFAULT_BURST
 
 DEFAULT_STATION_SCHEMA = "wxyc_schema"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -79,6 +80,8 @@ class Settings:
     lml_rate_per_second: float
     lml_max_concurrent: int
     lml_live_reserve: float
+    # Calls saved for a burst, shared by every process (the station's client keeps 50).
+    lml_burst: int
     sidecar_host: str
     sidecar_port: int
     freshness_target_s: float
@@ -115,6 +118,7 @@ class Settings:
             lml_rate_per_second=env_float(env, "LML_RATE_PER_SECOND", 1.0, minimum=0.01),
             lml_max_concurrent=env_int(env, "LML_MAX_CONCURRENT", 5, minimum=1),
             lml_live_reserve=reserve,
+            lml_burst=env_int(env, "LML_BURST", DEFAULT_BURST, minimum=1),
             sidecar_host=env.get("WX_SIDECAR_HOST", "") or "127.0.0.1",
             sidecar_port=env_int(env, "WX_SIDECAR_PORT", 8686, minimum=1),
             freshness_target_s=env_float(env, "WX_FRESHNESS_TARGET_S", 30.0, minimum=0.1),

@@ -1,6 +1,6 @@
 """A separate process hammering LML through the shared budget (used by the budget tests).
 
-python -m wx_orchestration_tests.budget_worker REDIS_URL LML_URL LANE SECONDS RATE RESERVE
+python -m wx_orchestration_tests.budget_worker REDIS_URL LML_URL LANE SECONDS RATE RESERVE BURST
 Prints one JSON line: {"lane", "calls", "errors", "fallback_grants"}.
 """
 
@@ -18,10 +18,15 @@ from wx_orchestration.core.budget import BudgetLimits
 
 
 def main() -> None:
-    redis_url, lml_url, lane, seconds, rate, reserve = sys.argv[1:7]
+    redis_url, lml_url, lane, seconds, rate, reserve, burst = sys.argv[1:8]
     budget = LmlBudget(
         redis.Redis.from_url(redis_url),
-        BudgetLimits(rate_per_second=float(rate), max_concurrent=5, live_reserve=float(reserve)),
+        BudgetLimits(
+            rate_per_second=float(rate),
+            max_concurrent=5,
+            live_reserve=float(reserve),
+            burst=int(burst),
+        ),
     )
     lml = BudgetedLml(LmlClient(lml_url, max_retries=0), budget, lane)
     deadline = time.monotonic() + float(seconds)

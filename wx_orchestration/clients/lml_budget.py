@@ -1,9 +1,9 @@
 """One LML budget for every process, kept in Redis (DESIGN.md §6, issue #8).
 
 Why a Lua script rather than a library: the decision needs, atomically and on one clock (Redis
-`TIME`), a sliding-window rate check for two windows (all lanes, batch lanes), two lease-based
+`TIME`), a token-bucket check of two buckets (all lanes, batch lanes), two lease-based
 concurrency caps, a shared 429 pause and a shared breaker with a single half-open probe. The
-maintained Redis rate-limit libraries do one window per key and no lanes, so composing them
+maintained Redis rate-limit libraries do one bucket per key and no lanes, so composing them
 would not be atomic. The script is short and tested against a real Redis.
 
 If Redis is unreachable, callers fall back to a conservative per-process limit (said once,
@@ -13,6 +13,7 @@ loudly) and keep enriching; they go back to the shared budget as soon as Redis a
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -71,29 +72,30 @@ if is_batch then
   if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[8]) then return refuse(20, 'concurrency') end
 end
 
-local function window_wait(key, calls, window)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-  if redis.call('ZCARD', key) >= calls then
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    return tonumber(oldest[2]) + window - now + 1
-  end
-  return 0
+-- GCRA: KEYS[1]/KEYS[2] hold each bucket's theoretical arrival time (ms); a grant needs it no
+-- further ahead of now than the call's allowed lead, and moves it one interval on.
+local function bucket_wait(key, allowed)
+  local tat = math.max(tonumber(redis.call('GET', key) or '0') or 0, now)
+  return math.max(0, tat - now - allowed), tat
+end
+local function take(key, tat, interval)
+  local next_tat = tat + interval
+  redis.call('SET', key, string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 1000)
 end
 
-local wait = window_wait(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
-if wait > 0 then return refuse(wait, 'rate') end
+local wait, total_tat = bucket_wait(KEYS[1], tonumber(ARGV[4]))
+if wait > 0 then return refuse(math.ceil(wait), 'rate') end
+local batch_tat = 0
 if is_batch then
-  wait = window_wait(KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[6]))
-  if wait > 0 then return refuse(wait, 'rate') end
+  wait, batch_tat = bucket_wait(KEYS[2], tonumber(ARGV[6]))
+  if wait > 0 then return refuse(math.ceil(wait), 'rate') end
 end
 
-redis.call('ZADD', KEYS[1], now, token)
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) + 1000)
+take(KEYS[1], total_tat, tonumber(ARGV[3]))
 redis.call('ZADD', KEYS[3], now + lease, token)
 redis.call('PEXPIRE', KEYS[3], lease + 1000)
 if is_batch then
-  redis.call('ZADD', KEYS[2], now, token)
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]) + 1000)
+  take(KEYS[2], batch_tat, tonumber(ARGV[5]))
   redis.call('ZADD', KEYS[4], now + lease, token)
   redis.call('PEXPIRE', KEYS[4], lease + 1000)
 end
@@ -137,6 +139,21 @@ class BudgetWaitTimeout(LmlError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, kind="rate_limited", retryable=True)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One attempt's answer: granted (with the slot's token, None under the local fallback),
+    or how long to wait before asking again and why."""
+
+    granted: bool
+    token: str | None
+    wait_s: float
+    reason: str
+
+    @property
+    def fallback(self) -> bool:
+        return self.reason == "fallback"
 
 
 @dataclass
@@ -236,56 +253,62 @@ class LmlBudget:
     def degraded(self) -> bool:
         return self._redis_down_since is not None
 
-    def _try(self, lane: str, token: str) -> tuple[bool, float, str]:
+    def _try(self, lane: str, token: str, fullness: float) -> tuple[bool, float, str]:
         k = self.keys(lane_family(lane))
         total, batch = self.limits.total, self.limits.batch
         granted, wait_ms, reason = self._acquire(
             keys=[k["total"], k["batch"], k["inflight"], k["inflight_batch"], k["pause"],
                   k["open"], k["tripped"], k["probe"]],
             args=[
-                "1" if lane in BATCH_LANES else "0", token, total.calls, total.window_ms,
-                batch.calls, batch.window_ms, self.limits.max_concurrent,
-                self.limits.batch_concurrent, self.lease_ms,
+                "1" if lane in BATCH_LANES else "0", token,
+                total.interval_ms, total.lead_allowed_ms(fullness),
+                batch.interval_ms, batch.lead_allowed_ms(fullness),
+                self.limits.max_concurrent, self.limits.batch_concurrent, self.lease_ms,
             ],
         )  # fmt: skip
         reason = reason.decode() if isinstance(reason, bytes) else str(reason)
         return bool(granted), float(wait_ms) / 1000, reason
 
-    def acquire(self, lane: str, *, timeout_s: float | None = None) -> str | None:
-        """Wait for a slot; return its token (None when granted by the local fallback)."""
+    def try_acquire(self, lane: str, *, fullness: float = 1.0) -> Grant:
+        """One attempt at a slot for a call carrying `fullness` (0..1) of a full call's items:
+        the fuller, the more of the saved burst it may draw on (`core.budget.Bucket`)."""
         lane_family(lane)
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        token = uuid.uuid4().hex
-        started = time.monotonic()
-        waited = False
-        while True:
-            if self._use_redis():
-                try:
-                    granted, wait_s, reason = self._try(lane, token)
-                    self._redis_answered()
-                except redis.RedisError as exc:
-                    self._redis_failed(exc)
-                    continue
-                if granted:
-                    self._count(lane, started, waited)
-                    return token
+        if self._use_redis():
+            token = uuid.uuid4().hex
+            try:
+                granted, wait_s, reason = self._try(lane, token, fullness)
+            except redis.RedisError as exc:
+                self._redis_failed(exc)
             else:
-                wait_s, reason = self.fallback.try_acquire(), "fallback"
-                if wait_s == 0:
-                    self._count(lane, started, waited, fallback=True)
-                    return None
-            waited = True
-            if deadline is not None and time.monotonic() + wait_s > deadline:
-                raise BudgetWaitTimeout(f"no LML slot for lane {lane!r} ({reason})")
-            time.sleep(min(wait_s, 0.25))
+                self._redis_answered()
+                return Grant(granted, token if granted else None, wait_s, reason)
+        wait_s = self.fallback.try_acquire()
+        return Grant(wait_s == 0, None, wait_s, "fallback")
 
-    def _count(self, lane: str, started: float, waited: bool, *, fallback: bool = False) -> None:
+    def acquire(
+        self, lane: str, *, timeout_s: float | None = None, fullness: float = 1.0
+    ) -> str | None:
+        """Wait for a slot; return its token (None when granted by the local fallback)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        started, waited = time.monotonic(), False
+        while True:
+            grant = self.try_acquire(lane, fullness=fullness)
+            if grant.granted:
+                waited_s = time.monotonic() - started if waited else 0.0
+                self.count_grant(lane, waited_s, fallback=grant.fallback)
+                return grant.token
+            waited = True
+            if deadline is not None and time.monotonic() + grant.wait_s > deadline:
+                raise BudgetWaitTimeout(f"no LML slot for lane {lane!r} ({grant.reason})")
+            time.sleep(min(grant.wait_s, 0.25))
+
+    def count_grant(self, lane: str, waited_s: float, *, fallback: bool = False) -> None:
         stats = self.stats[lane]
         stats.grants += 1
         stats.fallback_grants += int(fallback)
-        if waited:
+        if waited_s > 0:
             stats.waits += 1
-            stats.wait_ms += (time.monotonic() - started) * 1000
+            stats.wait_ms += waited_s * 1000
 
     def settle(
         self, lane: str, token: str | None, outcome: str, *, retry_after_s: float | None = None
@@ -318,7 +341,12 @@ class LmlBudget:
 
     @contextmanager
     def slot(self, lane: str, *, timeout_s: float | None = None) -> Iterator[None]:
-        token = self.acquire(lane, timeout_s=timeout_s)
+        with self.settling(lane, self.acquire(lane, timeout_s=timeout_s)):
+            yield
+
+    @contextmanager
+    def settling(self, lane: str, token: str | None) -> Iterator[None]:
+        """Settle a granted slot when the call made inside ends, by how it ended."""
         outcome, retry_after = "ok", None
         try:
             yield
@@ -339,19 +367,23 @@ class LmlBudget:
         pipe.pttl(k["open"])
         pipe.exists(k["tripped"])
         pipe.zcard(k["inflight"])
-        pipe.zcard(k["total"])
-        pause, open_ms, tripped, inflight, recent = pipe.execute()
+        pipe.get(k["total"])
+        pipe.time()
+        pause, open_ms, tripped, inflight, tat, (seconds, micros) = pipe.execute()
+        total = self.limits.total
+        lead_ms = max(0.0, float(tat or 0) - (seconds * 1000 + micros / 1000))
         breaker = "open" if open_ms > 0 else "half_open" if tripped else "closed"
         return {
             "family": family,
             "paused_ms": max(pause, 0),
             "breaker": breaker,
             "in_flight": inflight,
-            "recent_grants": recent,
+            "saved_calls": max(0, math.floor(total.burst - lead_ms / total.interval_ms)),
             "limits": {
                 "rate_per_second": self.limits.rate_per_second,
                 "max_concurrent": self.limits.max_concurrent,
                 "live_reserve": self.limits.live_reserve,
+                "burst": self.limits.burst,
             },
         }
 

@@ -1,14 +1,18 @@
 """The shared LML budget's arithmetic (DESIGN.md §6). Pure: the Redis side is `clients/lml_budget`.
 
-A rate of `r` calls/s is enforced as "at most `calls` grants in any sliding window of
-`window_ms`", with `calls = max(1, floor(r))` and `window_ms = calls / r` plus a small jitter
-allowance: bursts are at most one second's worth, and fractional rates (the default is 1/s, the
-batch share 0.5/s) still work. The allowance covers the time between a grant and the call's
-arrival at LML, which varies per call; without it LML can see one call too many in a second.
+A rate of `r` calls/s with a burst allowance of `b` calls is a token bucket: it holds at most `b`
+calls' worth, refills at `r`, and a call takes one. It is kept as a GCRA "theoretical arrival
+time" (one number per bucket), so a grant is one atomic comparison in Redis. The station's own
+client keeps 50 calls saved (`LML_BURST`): a quiet budget answers a burst of plays at once.
 
-The live lane (the sidecar's fast path) keeps `live_reserve` of both the rate and the
-concurrency: batch lanes (`backlog`, `identity`) together may use only the rest, while live may
-use everything batch leaves unused.
+Saved calls are spent in proportion to how full a call is (`Bucket.depth_for`): a call carrying
+a full 100 items may draw the whole allowance, one carrying a single play only the last call's
+worth. Under a steady stream of plays a caller therefore waits while plays gather, and calls get
+fuller rather than more numerous, keeping the allowance for a real burst.
+
+The live lane (the sidecar's fast path) keeps `live_reserve` of the rate, the burst and the
+concurrency: batch lanes (`backlog`, `identity`) draw on both the shared bucket and a bucket of
+their own holding only the rest, while live may use everything batch leaves unused.
 """
 
 from __future__ import annotations
@@ -17,24 +21,34 @@ import math
 from dataclasses import dataclass
 
 LANES = ("live", "backlog", "identity")
-JITTER_ALLOWANCE_MS = 100
 BATCH_LANES = frozenset({"backlog", "identity"})
 # Endpoint families share a budget: lookups draw on one, identity bulk-resolves on another.
 FAMILIES = {"live": "lookup", "backlog": "lookup", "identity": "identity"}
+DEFAULT_BURST = 50
 
 
 @dataclass(frozen=True)
-class WindowLimit:
-    calls: int
-    window_ms: int
+class Bucket:
+    """`burst` calls saved at most, refilled one per `interval_ms`."""
+
+    interval_ms: float
+    burst: int
 
     @classmethod
-    def for_rate(cls, rate_per_second: float) -> WindowLimit:
+    def for_rate(cls, rate_per_second: float, burst: int) -> Bucket:
         if rate_per_second <= 0:
             raise ValueError("a rate must be positive")
-        calls = max(1, math.floor(rate_per_second))
-        window_ms = math.ceil(1000 * calls / rate_per_second) + JITTER_ALLOWANCE_MS
-        return cls(calls=calls, window_ms=window_ms)
+        return cls(interval_ms=1000 / rate_per_second, burst=max(1, burst))
+
+    def depth_for(self, fullness: float) -> int:
+        """Saved calls a call may draw on when it carries `fullness` (0..1) of a full call:
+        in proportion, at least one (so a lone play is never refused by a full bucket)."""
+        share = min(max(fullness, 0.0), 1.0)
+        return min(self.burst, max(1, math.ceil(self.burst * share - 1e-9)))
+
+    def lead_allowed_ms(self, fullness: float) -> float:
+        """How far the bucket's theoretical arrival time may stand ahead of now for a grant."""
+        return (self.depth_for(fullness) - 1) * self.interval_ms
 
 
 @dataclass(frozen=True)
@@ -42,20 +56,24 @@ class BudgetLimits:
     rate_per_second: float = 1.0
     max_concurrent: int = 5
     live_reserve: float = 0.5
+    burst: int = DEFAULT_BURST
 
     def __post_init__(self) -> None:
         if not 0 <= self.live_reserve < 1:
             raise ValueError("live_reserve must be in [0, 1)")
         if self.max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
+        if self.burst < 1:
+            raise ValueError("burst must be at least 1")
 
     @property
-    def total(self) -> WindowLimit:
-        return WindowLimit.for_rate(self.rate_per_second)
+    def total(self) -> Bucket:
+        return Bucket.for_rate(self.rate_per_second, self.burst)
 
     @property
-    def batch(self) -> WindowLimit:
-        return WindowLimit.for_rate(self.rate_per_second * (1 - self.live_reserve))
+    def batch(self) -> Bucket:
+        share = 1 - self.live_reserve
+        return Bucket.for_rate(self.rate_per_second * share, math.floor(self.burst * share))
 
     @property
     def batch_concurrent(self) -> int:

@@ -146,8 +146,11 @@ def _flowsheet_column(name: LiteralString) -> LiteralString:
     )
 
 
-# The guard (still `enriching`, same claim time) is what makes a raced row a no-op.
+# The guard (still `enriching`, same claim time) is what makes a raced row a no-op. A finalized
+# row's retry bookkeeping goes in the same statement: a fresh play has none, and a statement of
+# its own would cost a round trip per call for nothing.
 _FINALIZE = f"""
+WITH written AS (
 UPDATE flowsheet AS f
 SET metadata_status = v.status::metadata_status_enum,
     enriching_since = NULL,
@@ -159,6 +162,11 @@ FROM json_to_recordset(%s::json) AS v(
     composer text, composer_source text, {_recordset_columns()})
 WHERE f.id = v.id AND f.metadata_status = 'enriching' AND f.enriching_since = v.enriching_since
 RETURNING f.id
+), forgotten AS (
+    DELETE FROM wx_orchestration.enrichment_attempts AS a
+    USING written WHERE a.flowsheet_id = written.id
+)
+SELECT id FROM written
 """
 
 
@@ -247,7 +255,6 @@ ON CONFLICT (album_id) DO UPDATE SET
 
 
 _ALBUM_REPLACE = _album_record_upsert()
-_FORGET_ATTEMPTS = "DELETE FROM wx_orchestration.enrichment_attempts WHERE flowsheet_id = ANY(%s)"
 
 
 def _json(value: object) -> str:
@@ -290,8 +297,6 @@ def finalize_rows(conn: psycopg.Connection, plans: Sequence[FinalizePlan]) -> se
         conn.execute(_ALBUM_REPLACE, (_json(replace),))
     if fill:
         conn.execute(_ALBUM_FILL, (_json(fill),))
-    if written:
-        conn.execute(_FORGET_ATTEMPTS, (list(written),))
     return written
 
 

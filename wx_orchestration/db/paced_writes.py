@@ -44,6 +44,11 @@ def flowsheet_transaction(
     if not conn.autocommit:
         raise ValueError("flowsheet_transaction needs an autocommit connection")
     policy = policy or LeadPolicy(max_lead_s=flowsheet_max_lead_from_env())
+    if policy.max_lead_s <= 0:
+        # Unpaced writes (tests, one-off loads) neither wait nor leave debt for paced ones.
+        with conn.transaction():
+            yield 0.0
+        return
     waited = 0.0
     while True:
         with conn.transaction():
@@ -52,12 +57,20 @@ def flowsheet_transaction(
             wait = policy.wait_s(row[0] if row else 0.0, statements)
             if wait <= 0:
                 yield waited
-                if policy.max_lead_s > 0:
-                    # Unpaced writes (tests, one-off loads) leave no debt for paced ones.
-                    conn.execute(_MOVE, (float(statements),))
+                conn.execute(_MOVE, (float(statements),))
                 return
         time.sleep(wait)
         waited += wait
+
+
+def room_wait_s(conn: psycopg.Connection, statements: int, policy: LeadPolicy) -> float:
+    """Seconds until our statements' lead leaves room for `statements` more, read without the
+    pace lock: a caller that waits for room before it takes its work makes the work wait, not a
+    claim, and takes more of it."""
+    if policy.max_lead_s <= 0:
+        return 0.0
+    row = conn.execute(_OWN_LEAD).fetchone()
+    return policy.wait_s(row[0] if row else 0.0, statements)
 
 
 _LEADS = """

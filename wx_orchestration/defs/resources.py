@@ -31,7 +31,7 @@ from wx_orchestration.contracts.lml import (
     LookupItem,
     LookupResponse,
 )
-from wx_orchestration.core.budget import BudgetLimits
+from wx_orchestration.core.budget import DEFAULT_BURST, BudgetLimits
 from wx_orchestration.db.pool import shared_pool
 from wx_orchestration.settings import (
     DEFAULT_STATION_SCHEMA,
@@ -168,12 +168,13 @@ class RedisResource(dg.ConfigurableResource):
 
 class LmlBudgetResource(dg.ConfigurableResource):
     """The LML budget shared by every process (`LML_RATE_PER_SECOND`, `LML_MAX_CONCURRENT`,
-    `LML_LIVE_RESERVE`), kept in Redis."""
+    `LML_LIVE_RESERVE`, `LML_BURST`), kept in Redis."""
 
     redis: RedisResource
     rate_per_second: float = Field(default=1.0, gt=0)
     max_concurrent: int = Field(default=5, ge=1)
     live_reserve: float = Field(default=0.5, ge=0, lt=1)
+    burst: int = Field(default=DEFAULT_BURST, ge=1)
 
     _budget: LmlBudget | None = PrivateAttr(default=None)
 
@@ -181,7 +182,9 @@ class LmlBudgetResource(dg.ConfigurableResource):
         if self._budget is None:
             self._budget = LmlBudget(
                 self.redis.get_client(),
-                BudgetLimits(self.rate_per_second, self.max_concurrent, self.live_reserve),
+                BudgetLimits(
+                    self.rate_per_second, self.max_concurrent, self.live_reserve, self.burst
+                ),
             )
         return self._budget
 
@@ -218,5 +221,6 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             rate_per_second=settings.lml_rate_per_second,
             max_concurrent=settings.lml_max_concurrent,
             live_reserve=settings.lml_live_reserve,
+            burst=settings.lml_burst,
         ),
     }

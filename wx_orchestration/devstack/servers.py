@@ -252,6 +252,8 @@ class EmbeddedPostgres:
     # Tests and the dev stack trade crash safety for speed; benchmarks keep production's
     # durable commits so that per-commit costs are measured honestly.
     durable: bool = False
+    # More `name=value` server settings (a benchmark preloads pg_stat_statements).
+    settings: tuple[str, ...] = ()
     process: ManagedProcess | None = field(default=None, init=False)
 
     @property
@@ -294,6 +296,7 @@ class EmbeddedPostgres:
                 "-c",
                 "max_connections=300",
                 *([] if self.durable else _FAST_UNSAFE),
+                *(arg for setting in self.settings for arg in ("-c", setting)),
             ],
             log_path=self.state_dir / "logs" / "postgres.log",
             stop_signal="INT",  # fast shutdown: roll back open transactions, then exit

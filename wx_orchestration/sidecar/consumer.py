@@ -179,19 +179,30 @@ class StreamConsumer(Generic[E]):
             reclaimed = self._reclaim()
             if reclaimed:
                 return self._prepare(reclaimed, self._deliveries(reclaimed))
+        entries = self._read(self.config.read_count, self.config.read_block_ms)
+        return self._prepare(entries, {}) if entries else None
+
+    def _read(self, count: int, block_ms: int | None) -> list[Entry]:
         response: Any = self.client.xreadgroup(
-            self.group,
-            self.consumer,
-            {self.stream: ">"},
-            count=self.config.read_count,
-            block=self.config.read_block_ms,
+            self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
         )
         # RESP2 answers a list of [stream, entries]; RESP3 a mapping stream → entries.
         streams = (
             response.values() if isinstance(response, dict) else [b for _, b in response or []]
         )
-        entries = [(_text(i), f) for batch in streams for i, f in batch]
-        return self._prepare(entries, {}) if entries else None
+        return [(_text(i), f) for batch in streams for i, f in batch]
+
+    def read_more(self, count: int, block_ms: int) -> list[E]:
+        """New entries for a sink still holding its batch, waiting up to `block_ms` for the first
+        (the enrich role adds plays to a call waiting for the LML budget). Poison is
+        dead-lettered and acknowledged at once; the rest is the sink's, acknowledged with what
+        it returns."""
+        entries = self._read(count, max(1, block_ms))
+        if not entries:
+            return []
+        batch = self._prepare(entries, {})
+        self._dead_letter(batch.letters)
+        return batch.events
 
     def _reclaim(self) -> list[Entry]:
         next_cursor, claimed, *_ = self.client.xautoclaim(  # type: ignore[misc]
@@ -257,23 +268,26 @@ class StreamConsumer(Generic[E]):
 
     def _finish(self, batch: _Batch[E]) -> None:
         """Dead-letter the poison, give the rest to the sink, acknowledge what it returns."""
-        letters = batch.letters
         # Poison first: it must never wait on (or be retried with) a sink that is failing.
-        if letters:
-            with self.pool.connection() as conn:
-                insert_dead_letters(conn, letters)
-            self.metrics.dead_letters.labels(self.dead_letter_source).inc(len(letters))
-            log.warning(
-                "consumer %s dead-lettered %d entries (first: %s)",
-                self.consumer,
-                len(letters),
-                letters[0].reason,
-            )
-            self._ack([letter.entry_id for letter in letters if letter.entry_id])
+        self._dead_letter(batch.letters)
         if batch.events:
             self._ack(list(self.sink(batch.events)))
         self.metrics.batch_size.labels(self.group).observe(batch.size)
         self.metrics.batch_seconds.labels(self.group).observe(time.perf_counter() - batch.started)
+
+    def _dead_letter(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        with self.pool.connection() as conn:
+            insert_dead_letters(conn, letters)
+        self.metrics.dead_letters.labels(self.dead_letter_source).inc(len(letters))
+        log.warning(
+            "consumer %s dead-lettered %d entries (first: %s)",
+            self.consumer,
+            len(letters),
+            letters[0].reason,
+        )
+        self._ack([letter.entry_id for letter in letters if letter.entry_id])
 
     def _ack(self, entry_ids: list[str]) -> None:
         if entry_ids:

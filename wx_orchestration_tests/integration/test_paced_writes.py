@@ -12,7 +12,7 @@ import pytest
 
 from wx_orchestration.core.watermark_lead import LeadPolicy
 from wx_orchestration.db.enrichment import claim_backlog_batch, claim_rows_by_ids
-from wx_orchestration.db.paced_writes import flowsheet_transaction
+from wx_orchestration.db.paced_writes import flowsheet_transaction, room_wait_s
 from wx_orchestration_tests.servers import STATION_SCHEMA
 
 PACED = LeadPolicy(max_lead_s=5.0)
@@ -97,3 +97,16 @@ def test_pacing_off_never_waits(conn: psycopg.Connection) -> None:
             _touch(conn)
             _touch(conn)
         assert waited == 0
+
+
+def test_room_for_a_claim_and_a_finalize_is_known_before_taking_the_work(
+    conn: psycopg.Connection,
+) -> None:
+    assert room_wait_s(conn, 2, PACED) == 0
+    for _ in range(3):
+        with flowsheet_transaction(conn, statements=1, policy=PACED):
+            _touch(conn)
+    # Three of our statements stand three seconds ahead: two more must wait about one second
+    # (5 s bound, 1 s kept for a DJ's insert), and pacing off never waits.
+    assert 0.5 < room_wait_s(conn, 2, PACED) <= 1.0
+    assert room_wait_s(conn, 2, LeadPolicy(max_lead_s=0)) == 0

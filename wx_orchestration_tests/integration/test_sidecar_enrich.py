@@ -33,7 +33,7 @@ from wx_orchestration.db.pool import close_shared_pools
 from wx_orchestration.devstack.lml_emulator import EmulatorHandle
 from wx_orchestration.flows.enrichment import drain_backlog
 from wx_orchestration.settings import Settings
-from wx_orchestration.sidecar.enrich import EnrichRole
+from wx_orchestration.sidecar.enrich import GATHER_WINDOW_S, EnrichRole
 from wx_orchestration.sidecar.metrics import SidecarMetrics
 from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
 from wx_orchestration.sidecar.runtime import Sidecar
@@ -49,7 +49,9 @@ TERMINAL = ("enriched_match", "enriched_no_match")
 LOOKUP_PATH = "/api/v1/lookup/bulk"
 
 
-def settings(station_db: str, redis_url: str, lml_url: str, rate: float = 200) -> Settings:
+def settings(
+    station_db: str, redis_url: str, lml_url: str, rate: float = 200, burst: int = 50
+) -> Settings:
     return Settings.from_env(
         {
             "DATABASE_URL": station_db,
@@ -58,6 +60,7 @@ def settings(station_db: str, redis_url: str, lml_url: str, rate: float = 200) -
             "LIBRARY_METADATA_URL": lml_url,
             # Generous unless a test is about the budget.
             "LML_RATE_PER_SECOND": str(rate),
+            "LML_BURST": str(burst),
             "LML_MAX_CONCURRENT": "10",
             "WX_SIDECAR_PORT": "1",
         }
@@ -84,9 +87,12 @@ def make_role(
     """Enrich roles outside a sidecar, each its own consumer of the `enrichment` group."""
     roles: list[EnrichRole] = []
 
-    def make(name: str = "c1", rate: float = 200) -> EnrichRole:
+    def make(name: str = "c1", rate: float = 200, burst: int = 50) -> EnrichRole:
         ctx = SidecarContext(
-            settings(station_db, redis_url, lml_emulator.url, rate), FAST, name, SidecarMetrics()
+            settings(station_db, redis_url, lml_emulator.url, rate, burst),
+            FAST,
+            name,
+            SidecarMetrics(),
         )
         # One consumer each, so a test steps exactly the consumer it means.
         role = EnrichRole(ctx, consumer_name=name, consumers=1)
@@ -398,7 +404,7 @@ def test_under_budget_pressure_plays_wait_and_share_calls_none_is_shed(
     client: redis.Redis,
     lml_emulator: EmulatorHandle,
 ) -> None:
-    role = make_role(rate=1)
+    role = make_role(rate=1, burst=1)
     with running_role(role):
         rows = []
         for n in range(20):
@@ -417,7 +423,7 @@ def test_under_budget_pressure_plays_wait_and_share_calls_none_is_shed(
     assert outcomes(role)["not_a_verdict"] == outcomes(role)["error"] == 0
 
 
-def test_stopping_during_a_budget_pause_returns_the_claimed_play_to_pending(
+def test_stopping_during_a_budget_pause_leaves_the_play_unclaimed_for_redelivery(
     make_role: Callable[..., EnrichRole],
     conn: psycopg.Connection,
     client: redis.Redis,
@@ -432,7 +438,6 @@ def test_stopping_during_a_budget_pause_returns_the_claimed_play_to_pending(
     worker = threading.Thread(target=role.run, args=(stop,))
     worker.start()
     try:
-        poll(lambda: status(conn, row["id"]) == "enriching", what="the play to be claimed")
         poll(lambda: sample(role, "wx_enrich_budget_pauses_total") >= 1, what="a budget pause")
     finally:
         stopped_at = time.monotonic()
@@ -441,12 +446,13 @@ def test_stopping_during_a_budget_pause_returns_the_claimed_play_to_pending(
     assert not worker.is_alive()
     assert time.monotonic() - stopped_at < 2
     assert calls_sent(lml_emulator) == 0
-    assert status(conn, row["id"]) == "pending"  # for the backlog, not stranded `enriching`
-    assert outcomes(role)["error"] == 1
-    assert unacked(client) == 0
+    # Never claimed while it waited, so nothing to give back; its entry is delivered again.
+    assert status(conn, row["id"]) == "pending"
+    assert attempts(conn, [row]) == 0
+    assert unacked(client) == 1
 
 
-def test_a_claim_is_never_held_past_the_budget_wait_limit(
+def test_a_play_waiting_past_the_budget_wait_limit_is_left_for_the_backlog(
     make_role: Callable[..., EnrichRole],
     conn: psycopg.Connection,
     client: redis.Redis,
@@ -454,22 +460,49 @@ def test_a_claim_is_never_held_past_the_budget_wait_limit(
 ) -> None:
     role = make_role()
     role.max_budget_wait_s = 1.0
-    # The shared breaker is open for longer than any claim may wait (an LML outage).
+    # The shared breaker is open for longer than any play may wait (an LML outage).
     client.set(LmlBudget.keys("lookup")["open"], "1", px=120_000)
     row = add_play(conn, "Stereolab")
     bridge(client, row)
     with running_role(role):
-        poll(lambda: outcomes(role)["error"] == 1, what="the claim to be given back")
+        poll(
+            lambda: sample(role, "wx_enrich_left_for_backlog_total") == 1,
+            what="the play left to the backlog",
+        )
+        poll(lambda: unacked(client) == 0, what="its entry acknowledged")
     assert calls_sent(lml_emulator) == 0
-    assert status(conn, row["id"]) == "pending"  # back to work for the backlog
-    reason = conn.execute(
-        "SELECT last_error, parked_reason FROM wx_orchestration.enrichment_attempts "
-        "WHERE flowsheet_id = %s",
-        (row["id"],),
-    ).fetchone()
-    assert reason is not None
-    assert "rate_limited" in reason[0]
-    assert reason[1] is None  # an outage is never the row's fault
+    # Pending and never claimed: no attempt is counted against it, the backlog takes it.
+    assert status(conn, row["id"]) == "pending"
+    assert attempts(conn, [row]) == 0
+
+
+def test_plays_arriving_while_a_call_waits_for_the_budget_join_it(
+    make_role: Callable[..., EnrichRole],
+    conn: psycopg.Connection,
+    client: redis.Redis,
+    lml_emulator: EmulatorHandle,
+) -> None:
+    """A burst under a tight budget is carried by one full call, not one call per play."""
+    role = make_role(rate=0.25, burst=2)
+    # Another process just spent the saved calls: the next slot is four seconds away.
+    other = LmlBudget(client, role.budget.limits)
+    for _ in range(2):
+        other.settle("live", other.acquire("live", timeout_s=0), "ok")
+    with running_role(role):
+        first = [add_play(conn, f"Artist {n}", f"Album {n}", None) for n in range(30)]
+        for row in first:
+            bridge(client, row)
+        poll(lambda: role.queue.keys_waiting() == 30, what="the first plays to wait")
+        later = [add_play(conn, f"Artist {n}", f"Album {n}", None) for n in range(30, 60)]
+        for row in later:
+            bridge(client, row)
+        ids = [row["id"] for row in first + later]
+        poll(
+            lambda: {state for state, _ in versions(conn, ids).values()} <= set(TERMINAL),
+            timeout=20,
+            what="every play to be enriched",
+        )
+    assert (calls_sent(lml_emulator), items_sent(lml_emulator)) == (1, 60)
     assert unacked(client) == 0
 
 
@@ -554,4 +587,5 @@ def test_a_batch_in_hand_is_not_reclaimed_by_a_sibling(
     assert role.consumers[0].config.read_count <= 100  # one LML call's worth per batch
     # By default, reclaiming waits out the longest such a batch can take.
     defaults = SidecarConfig()
-    assert defaults.claim_idle_ms >= (role.max_budget_wait_s + role.lml_client.total_timeout) * 1000
+    longest = GATHER_WINDOW_S + role.max_budget_wait_s + role.lml_client.total_timeout
+    assert defaults.claim_idle_ms >= longest * 1000
