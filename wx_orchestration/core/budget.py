@@ -7,8 +7,12 @@ batch share 0.5/s) still work. The allowance covers the time between a grant and
 arrival at LML, which varies per call; without it LML can see one call too many in a second.
 
 The live lane (the sidecar's fast path) keeps `live_reserve` of both the rate and the
-concurrency: batch lanes (`backlog`, `identity`) together may use only the rest, while live may
-use everything batch leaves unused.
+concurrency: batch lanes (`backlog`, `identity`, `lifecycle`) together may use only the rest,
+while live may use everything batch leaves unused.
+
+The `lifecycle` lane (re-asks, link upgrades, cohort re-enrichment) is a batch lane that takes at
+most `LIFECYCLE_SHARE` of the batch rate: each of its runs may make only the calls that share
+buys over its schedule's interval (`lifecycle_calls`), so the backlog keeps the rest.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-LANES = ("live", "backlog", "identity")
+LANES = ("live", "backlog", "identity", "lifecycle")
 JITTER_ALLOWANCE_MS = 100
-BATCH_LANES = frozenset({"backlog", "identity"})
+BATCH_LANES = frozenset({"backlog", "identity", "lifecycle"})
 # Endpoint families share a budget: lookups draw on one, identity bulk-resolves on another.
-FAMILIES = {"live": "lookup", "backlog": "lookup", "identity": "identity"}
+FAMILIES = {"live": "lookup", "backlog": "lookup", "identity": "identity", "lifecycle": "lookup"}
+LIFECYCLE_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -67,3 +72,12 @@ def lane_family(lane: str) -> str:
         return FAMILIES[lane]
     except KeyError:
         raise ValueError(f"unknown LML lane {lane!r}; expected one of {', '.join(LANES)}") from None
+
+
+def lifecycle_calls(limits: BudgetLimits, interval_s: float, share: float = LIFECYCLE_SHARE) -> int:
+    """LML calls one lifecycle run may make when runs come every `interval_s`: `share` of the
+    batch rate over the interval, at least one so that a tiny budget still makes progress."""
+    if not 0 < share <= 1:
+        raise ValueError("a lifecycle share must be in (0, 1]")
+    batch_rate = limits.rate_per_second * (1 - limits.live_reserve)
+    return max(1, math.floor(batch_rate * share * interval_s))

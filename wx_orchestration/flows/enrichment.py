@@ -67,7 +67,7 @@ class BulkLookup(Protocol):
 LmlCallHook = Callable[[Callable[[], BulkLookupResponse], int], BulkLookupResponse]
 
 
-def _direct(call: Callable[[], BulkLookupResponse], _items: int) -> BulkLookupResponse:
+def direct_call(call: Callable[[], BulkLookupResponse], _items: int) -> BulkLookupResponse:
     return call()
 
 
@@ -143,7 +143,7 @@ class VerdictCache:
         self._verdicts[key] = verdict
 
 
-def _look_up(
+def look_up(
     lml: BulkLookup,
     keys: Sequence[LookupKey],
     hook: LmlCallHook,
@@ -215,8 +215,8 @@ def enrich_claimed(
             outcome.cache_hits += 1
     failure = None
     if wanted:
-        looked_up, failure = _look_up(
-            lml, wanted, around_call or _direct, stats, outcome, ask_until
+        looked_up, failure = look_up(
+            lml, wanted, around_call or direct_call, stats, outcome, ask_until
         )
         verdicts.update(looked_up)
         if cache is not None:
