@@ -435,3 +435,60 @@ def claim_cohort_page(
     rows = [ClaimedRow(*row) for row in sorted(claimed, key=lambda row: position[row[0]])]
     last = page[-1]
     return rows, (last[1], last[0]), len(page)
+
+
+# --- the report ------------------------------------------------------------------------------
+
+_PLAYS = """
+SELECT (f.add_time AT TIME ZONE %(tz)s)::date AS day, f.show_id, f.metadata_status::text, count(*)
+FROM flowsheet AS f
+WHERE f.entry_type = 'track' AND f.add_time >= now() - make_interval(days => %(days)s)
+GROUP BY 1, 2, 3
+"""
+
+_NO_MATCH_STATES = f"""
+SELECT CASE WHEN f.no_match_recheck_attempted_at IS NULL THEN 'never re-asked'
+            WHEN {_DUE} THEN 're-asked, due again'
+            ELSE 're-asked: no match within the TTL' END AS state,
+       count(*)
+FROM flowsheet AS f
+WHERE {NO_MATCH_COHORT} AND f.add_time >= now() - make_interval(days => %(days)s)
+GROUP BY 1 ORDER BY 2 DESC
+"""
+
+_PARKED = """
+SELECT coalesce(left(a.parked_reason, 120), '(no reason recorded)'), count(*)
+FROM flowsheet AS f
+LEFT JOIN wx_orchestration.enrichment_attempts AS a ON a.flowsheet_id = f.id
+WHERE f.entry_type = 'track' AND f.metadata_status = 'failed_no_retry'
+  AND f.add_time >= now() - make_interval(days => %(days)s)
+GROUP BY 1 ORDER BY 2 DESC
+"""
+
+_RUNS = """
+SELECT kind, asked, matched, stamped, not_a_verdict, upgraded, lml_calls
+FROM wx_orchestration.lifecycle_runs
+WHERE ran_at >= now() - make_interval(days => %(days)s)
+"""
+
+_TOP_UNMATCHED = f"""
+SELECT f.artist_name, count(*) AS plays, max(f.add_time)::text AS last_played
+FROM flowsheet AS f
+WHERE {NO_MATCH_COHORT} AND f.add_time >= now() - make_interval(days => %(days)s)
+GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT %(top)s
+"""
+
+
+def report_rows(
+    conn: psycopg.Connection, *, days: int, tz: str, top: int, ttl_s: float
+) -> dict[str, list[tuple[Any, ...]]]:
+    """The raw rows of the enrichment report over the last `days` days."""
+    params = {"days": days, "tz": tz, "top": top, "ttl_s": ttl_s}
+    queries: tuple[tuple[str, LiteralString], ...] = (
+        ("plays", _PLAYS),
+        ("no_match_states", _NO_MATCH_STATES),
+        ("parked", _PARKED),
+        ("runs", _RUNS),
+        ("top_unmatched", _TOP_UNMATCHED),
+    )
+    return {name: conn.execute(query, params).fetchall() for name, query in queries}

@@ -99,6 +99,9 @@ def _verdicts(
         lml, list(dict.fromkeys(keys.values())), hook or direct_call, stats, calls
     )
     outcome.lml_calls += calls.lml_calls
+    if failure is not None and failure.kind == "auth":
+        # No later call can succeed either; nothing was written.
+        raise failure
     outcome.read += len(rows)
     outcome.asked += len(keys)
     for key in keys.values():
