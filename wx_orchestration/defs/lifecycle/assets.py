@@ -6,7 +6,6 @@ LML budget; each run may make only the calls its share buys over that interval
 """
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from wx_orchestration.flows.lifecycle import (
     reask_no_matches,
     upgrade_links,
 )
+from wx_orchestration.settings import report_dir_from_env
 
 DAY_S = 86400.0
 # The schedule launches both passes every two hours: 12 runs a day, so that housekeeping stays
@@ -203,7 +203,7 @@ class ReportConfig(NoRetryConfig):
     top_artists: int = Field(default=25, ge=1, le=500, description="unmatched artists listed")
     ttl_days: float = Field(default=30.0, gt=0, description="the re-ask's TTL, for its states")
     output_dir: str = Field(
-        default_factory=lambda: os.environ.get("WX_REPORT_DIR", "reports"),
+        default_factory=report_dir_from_env,
         description="where the HTML report and its chart are written (env WX_REPORT_DIR)",
     )
 
