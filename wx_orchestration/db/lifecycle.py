@@ -8,6 +8,7 @@ locks: a row that changed between the read and the write is left alone by the wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ def finalize_reask_matches(
     records = [{"id": p.flowsheet_id, "updated_at": wanted[p.flowsheet_id]} for p in plans]
     claimed = dict(conn.execute(_CLAIM_NO_MATCHES, (_json(records),)).fetchall())
     held = [
-        FinalizePlan(**{**plan.__dict__, "enriching_since": claimed[plan.flowsheet_id]})
+        dataclasses.replace(plan, enriching_since=claimed[plan.flowsheet_id])
         for plan in plans
         if plan.flowsheet_id in claimed
     ]

@@ -6,7 +6,7 @@ LML budget; each run may make only the calls its share buys over that interval
 """
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from wx_orchestration.core.report import (
     vega_lite_match_rate,
 )
 from wx_orchestration.db.lifecycle import load_cursor, no_match_backlog, report_rows
-from wx_orchestration.defs.policies import NoRetryConfig
+from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.defs.station.assets import FLOWSHEET_KEY, LML_KEY
 from wx_orchestration.flows.lifecycle import (
@@ -47,6 +47,10 @@ PASS_INTERVAL_S = 2 * 3600.0
 # Nothing is claimed while a lifecycle call waits for the budget, so it may wait long; past
 # this the call counts as failed and the run stops with its cursor where it was.
 LIFECYCLE_BUDGET_WAIT_S = 120.0
+# Two missed runs in a row is a stalled pass.
+PASS_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=6), warn_window=timedelta(hours=4, minutes=30)
+)
 
 
 class PassConfig(NoRetryConfig):
@@ -102,6 +106,9 @@ def _progress(outcome: LifecycleOutcome, cursor: PassCursor, calls: int) -> dict
 
 @dg.asset(
     deps=[FLOWSHEET_KEY, LML_KEY],
+    # A retried run resumes from the saved cursor: nothing is asked or written twice.
+    retry_policy=TRANSIENT_RETRY,
+    freshness_policy=PASS_FRESHNESS,
     pool="lml",
     group_name="lifecycle",
     kinds={"postgres"},
@@ -156,6 +163,9 @@ def no_match_reask(
 
 @dg.asset(
     deps=[FLOWSHEET_KEY, LML_KEY],
+    # A retried run resumes from the saved cursor: nothing is asked or written twice.
+    retry_policy=TRANSIENT_RETRY,
+    freshness_policy=PASS_FRESHNESS,
     pool="lml",
     group_name="lifecycle",
     kinds={"postgres"},
@@ -237,6 +247,9 @@ def _table(frame: pd.DataFrame) -> dg.TableMetadataValue:
 
 @dg.asset(
     deps=[FLOWSHEET_KEY, no_match_reask, link_upgrade],
+    freshness_policy=dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(days=2), warn_window=timedelta(hours=26)
+    ),
     group_name="lifecycle",
     kinds={"pandas", "postgres"},
     description=(
