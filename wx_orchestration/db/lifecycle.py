@@ -242,7 +242,8 @@ def _placeholder_any(table: LiteralString) -> LiteralString:
     )
 
 
-_LINKS = ", ".join(f"COALESCE(am.{c}, f.{c})" for c in LINK_COLUMNS)
+# A linked row's links are its album's; its own columns are not what listeners see.
+_LINKS = ", ".join(f"CASE WHEN f.album_id IS NULL THEN f.{c} ELSE am.{c} END" for c in LINK_COLUMNS)
 # Matched rows only: a no-match's placeholders are the re-ask's to replace, with its status.
 _LINK_CANDIDATES = f"""
 SELECT {_ROW}, {_LINKS}
