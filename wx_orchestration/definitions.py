@@ -13,6 +13,21 @@ from wx_orchestration.defs.enrichment.sensors import (
 from wx_orchestration.defs.identity.assets import library_identity
 from wx_orchestration.defs.identity.jobs import library_identity_refresh_job
 from wx_orchestration.defs.identity.schedules import library_identity_refresh_schedule
+from wx_orchestration.defs.lifecycle.assets import (
+    enrichment_report,
+    link_upgrade,
+    no_match_reask,
+)
+from wx_orchestration.defs.lifecycle.checks import LIFECYCLE_CHECKS
+from wx_orchestration.defs.lifecycle.jobs import (
+    cohort_reenrichment_job,
+    enrichment_lifecycle_job,
+    enrichment_report_job,
+)
+from wx_orchestration.defs.lifecycle.schedules import (
+    enrichment_lifecycle_schedule,
+    enrichment_report_schedule,
+)
 from wx_orchestration.defs.observability.assets import lml_budget, wx_cdc_stream
 from wx_orchestration.defs.observability.sensors import sidecar_health_sensor
 from wx_orchestration.defs.observability.sentry import (
@@ -38,13 +53,30 @@ JOBS = [
     stale_sweep_job,
     requeue_parked_job,
     health_checks_job,
+    enrichment_lifecycle_job,
+    enrichment_report_job,
+    cohort_reenrichment_job,
 ]
 
 defs = dg.Definitions(
-    assets=[*STATION_ASSETS, library_identity, flowsheet_enrichment, wx_cdc_stream, lml_budget],
-    asset_checks=HEALTH_CHECKS,
+    assets=[
+        *STATION_ASSETS,
+        library_identity,
+        flowsheet_enrichment,
+        wx_cdc_stream,
+        lml_budget,
+        no_match_reask,
+        link_upgrade,
+        enrichment_report,
+    ],
+    asset_checks=[*HEALTH_CHECKS, *LIFECYCLE_CHECKS],
     jobs=JOBS,
-    schedules=[library_identity_refresh_schedule, stale_sweep_schedule],
+    schedules=[
+        library_identity_refresh_schedule,
+        stale_sweep_schedule,
+        enrichment_lifecycle_schedule,
+        enrichment_report_schedule,
+    ],
     sensors=[
         enrichment_backlog_sensor,
         enrichment_coverage_sensor,

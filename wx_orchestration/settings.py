@@ -150,3 +150,9 @@ def flowsheet_max_lead_from_env(env: Mapping[str, str] | None = None) -> float:
             f"WX_FLOWSHEET_MAX_LEAD_S={value} leaves no room for a claim: use 0 (off) or >= 4"
         )
     return value
+
+
+def report_dir_from_env(env: Mapping[str, str] | None = None) -> str:
+    """`WX_REPORT_DIR` (default `reports`): where `enrichment_report` writes its HTML page."""
+    env = os.environ if env is None else env
+    return env.get("WX_REPORT_DIR") or "reports"

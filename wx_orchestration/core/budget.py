@@ -11,8 +11,12 @@ worth. Under a steady stream of plays a caller therefore waits while plays gathe
 fuller rather than more numerous, keeping the allowance for a real burst.
 
 The live lane (the sidecar's fast path) keeps `live_reserve` of the rate, the burst and the
-concurrency: batch lanes (`backlog`, `identity`) draw on both the shared bucket and a bucket of
+concurrency: batch lanes (`backlog`, `identity`, `lifecycle`) draw on both the shared bucket and a bucket of
 their own holding only the rest, while live may use everything batch leaves unused.
+
+The `lifecycle` lane (re-asks, link upgrades, cohort re-enrichment) is a batch lane that takes at
+most `LIFECYCLE_SHARE` of the batch rate: each of its runs may make only the calls that share
+buys over its schedule's interval (`lifecycle_calls`), so the backlog keeps the rest.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-LANES = ("live", "backlog", "identity")
-BATCH_LANES = frozenset({"backlog", "identity"})
+LANES = ("live", "backlog", "identity", "lifecycle")
+BATCH_LANES = frozenset({"backlog", "identity", "lifecycle"})
 # Endpoint families share a budget: lookups draw on one, identity bulk-resolves on another.
-FAMILIES = {"live": "lookup", "backlog": "lookup", "identity": "identity"}
+FAMILIES = {"live": "lookup", "backlog": "lookup", "identity": "identity", "lifecycle": "lookup"}
 DEFAULT_BURST = 50
+LIFECYCLE_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -85,3 +90,12 @@ def lane_family(lane: str) -> str:
         return FAMILIES[lane]
     except KeyError:
         raise ValueError(f"unknown LML lane {lane!r}; expected one of {', '.join(LANES)}") from None
+
+
+def lifecycle_calls(limits: BudgetLimits, interval_s: float, share: float = LIFECYCLE_SHARE) -> int:
+    """LML calls one lifecycle run may make when runs come every `interval_s`: `share` of the
+    batch rate over the interval, at least one so that a tiny budget still makes progress."""
+    if not 0 < share <= 1:
+        raise ValueError("a lifecycle share must be in (0, 1]")
+    batch_rate = limits.rate_per_second * (1 - limits.live_reserve)
+    return max(1, math.floor(batch_rate * share * interval_s))

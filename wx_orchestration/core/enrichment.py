@@ -13,8 +13,8 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
-from urllib.parse import quote
+from typing import Any, Literal, LiteralString
+from urllib.parse import quote, urlsplit
 
 from wx_orchestration.contracts.lml import (
     Artwork,
@@ -272,17 +272,32 @@ def _search(template: str, *parts: str | None) -> str | None:
     return url(template + quote(query, safe=""))
 
 
+# A no-match's search link per column: a placeholder, not a verified link. Any URL starting
+# with one of these is treated as empty by every fill (a real link from LML replaces it) and is
+# what the link upgrade looks for.
+SEARCH_URL_PREFIXES: dict[str, LiteralString] = {
+    "spotify_url": "https://open.spotify.com/search/",
+    "youtube_music_url": "https://music.youtube.com/search?q=",
+    "bandcamp_url": "https://bandcamp.com/search?q=",
+    "soundcloud_url": "https://soundcloud.com/search?q=",
+}
+
+
+def is_search_placeholder(column: str, url: str | None) -> bool:
+    prefix = SEARCH_URL_PREFIXES.get(column)
+    return prefix is not None and url is not None and url.startswith(prefix)
+
+
 def search_columns(key: LookupKey) -> dict[str, Any]:
     """The no-match search URLs; Apple Music has no search link (its URL comes only from LML)."""
     song_or_album = key.track or key.album
-    return {
-        "spotify_url": _search("https://open.spotify.com/search/", key.artist, song_or_album),
-        "youtube_music_url": _search(
-            "https://music.youtube.com/search?q=", key.artist, song_or_album
-        ),
-        "bandcamp_url": _search("https://bandcamp.com/search?q=", key.artist, key.album),
-        "soundcloud_url": _search("https://soundcloud.com/search?q=", key.artist, key.track),
+    parts = {
+        "spotify_url": (key.artist, song_or_album),
+        "youtube_music_url": (key.artist, song_or_album),
+        "bandcamp_url": (key.artist, key.album),
+        "soundcloud_url": (key.artist, key.track),
     }
+    return {column: _search(SEARCH_URL_PREFIXES[column], *parts[column]) for column in parts}
 
 
 def composer_credit(artwork: Artwork | None, artist: str) -> tuple[str, ComposerSource]:

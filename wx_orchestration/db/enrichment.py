@@ -26,7 +26,12 @@ from typing import Any, LiteralString
 
 import psycopg
 
-from wx_orchestration.core.enrichment import RESULT_COLUMNS, ClaimedRow, FinalizePlan
+from wx_orchestration.core.enrichment import (
+    RESULT_COLUMNS,
+    SEARCH_URL_PREFIXES,
+    ClaimedRow,
+    FinalizePlan,
+)
 from wx_orchestration.db.paced_writes import flowsheet_transaction
 
 # Every character Python's str.strip() removes, so SQL and `core.enrichment` agree on what a
@@ -138,11 +143,22 @@ def _recordset_columns() -> LiteralString:
     )
 
 
+def kept_value(table: LiteralString, name: LiteralString) -> LiteralString:
+    """`table.name` as a fill sees it: NULL when it holds a search-URL placeholder, which a
+    no-match wrote and any link LML gives later must replace."""
+    prefix = SEARCH_URL_PREFIXES.get(name)
+    if prefix is None:
+        return f"{table}.{name}"
+    # The prefixes are our own constants (no quotes): safe to inline.
+    return f"CASE WHEN starts_with({table}.{name}, '{prefix}') THEN NULL ELSE {table}.{name} END"
+
+
 def _flowsheet_column(name: LiteralString) -> LiteralString:
-    # Linked rows keep their own columns (results go to album_metadata); a no-match only fills.
+    # Linked rows keep their own columns (results go to album_metadata); a fill never replaces
+    # a value, except a search placeholder.
     return (
         f"{name} = CASE WHEN v.album_id IS NOT NULL THEN f.{name} "
-        f"WHEN v.fill_only THEN COALESCE(f.{name}, v.{name}) ELSE v.{name} END"
+        f"WHEN v.fill_only THEN COALESCE({kept_value('f', name)}, v.{name}) ELSE v.{name} END"
     )
 
 
@@ -170,13 +186,14 @@ SELECT id FROM written
 """
 
 
-# A no-match fills: an existing value (an earlier LML URL) wins over its search links.
+# A no-match fills: an existing value (an earlier LML URL) wins over its search links; an
+# existing search link does not win over a link.
 _ALBUM_FILL = f"""
 INSERT INTO album_metadata AS am (album_id, {", ".join(RESULT_COLUMNS)}, updated_at)
 SELECT v.album_id, {", ".join(f"v.{name}" for name in RESULT_COLUMNS)}, now()
 FROM json_to_recordset(%s::json) AS v(album_id int, {_recordset_columns()})
 ON CONFLICT (album_id) DO UPDATE SET
-    {", ".join(f"{name} = COALESCE(am.{name}, EXCLUDED.{name})" for name in RESULT_COLUMNS)},
+    {", ".join(f"{name} = COALESCE({kept_value('am', name)}, EXCLUDED.{name})" for name in RESULT_COLUMNS)},
     updated_at = EXCLUDED.updated_at
 """
 

@@ -90,7 +90,7 @@ class LmlCallHook(Protocol):
     def __call__(self, call: Callable[[], Answer], items: int, /) -> Answer: ...
 
 
-def _direct(call: Callable[[], Answer], _items: int) -> Answer:
+def direct_call(call: Callable[[], Answer], _items: int) -> Answer:
     return call()
 
 
@@ -166,7 +166,7 @@ class VerdictCache:
         self._verdicts[key] = verdict
 
 
-def _look_up(
+def look_up(
     lml: BulkLookup,
     keys: Sequence[LookupKey],
     hook: LmlCallHook,
@@ -285,8 +285,8 @@ def enrich_claimed(
             outcome.cache_hits += 1
     failure = None
     if wanted:
-        looked_up, failure = _look_up(
-            lml, wanted, around_call or _direct, stats, outcome, ask_until
+        looked_up, failure = look_up(
+            lml, wanted, around_call or direct_call, stats, outcome, ask_until
         )
         verdicts.update(looked_up)
         if cache is not None:

@@ -12,7 +12,7 @@ from typing import Any, LiteralString
 import psycopg
 import pytest
 
-from wx_orchestration.db import enrichment, sweeps
+from wx_orchestration.db import enrichment, lifecycle, sweeps
 
 
 @pytest.fixture
@@ -61,6 +61,31 @@ def test_tick_queries_never_scan_the_whole_flowsheet(big_flowsheet: psycopg.Conn
         "backlog claim, next batch": plan(
             big_flowsheet, enrichment._PICK_BATCH, {**claim, "below_id": 59_000}
         ),
+    }
+    for name, text in plans.items():
+        assert "Seq Scan on flowsheet" not in text, f"{name}:\n{text}"
+
+
+def test_lifecycle_pages_find_the_no_match_cohort_by_its_partial_index(
+    big_flowsheet: psycopg.Connection,
+) -> None:
+    """The re-ask's page and backlog count repeat production's partial-index predicate
+    (`flowsheet_no_match_recheck_id_desc_idx`): the cohort is found without reading the rest."""
+    big_flowsheet.execute(
+        "UPDATE flowsheet SET metadata_status = 'enriched_no_match' WHERE play_order % 50 = 3"
+    )
+    big_flowsheet.execute("ANALYZE flowsheet")
+    page = {"ttl_s": 86400 * 30.0, "min_age_s": 3600.0, "limit": 500}
+    plans = {
+        "re-ask page from the top": plan(
+            big_flowsheet, lifecycle._DUE_NO_MATCHES, {**page, "after_time": None, "after_id": None}
+        ),
+        "re-ask page below a cursor": plan(
+            big_flowsheet,
+            lifecycle._DUE_NO_MATCHES,
+            {**page, "after_time": datetime.now(UTC) - timedelta(days=400), "after_id": 30000},
+        ),
+        "re-ask backlog": plan(big_flowsheet, lifecycle._NO_MATCH_BACKLOG, {"ttl_s": 86400.0}),
     }
     for name, text in plans.items():
         assert "Seq Scan on flowsheet" not in text, f"{name}:\n{text}"

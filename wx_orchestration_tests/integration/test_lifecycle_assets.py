@@ -1,0 +1,250 @@
+"""The lifecycle's Dagster objects as Dagster runs them: `no_match_reask`, `link_upgrade`,
+`enrichment_report`, their checks and `cohort_reenrichment_job`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+
+from wx_orchestration.core.enrichment import LookupKey, search_columns
+from wx_orchestration.defs.lifecycle.assets import enrichment_report, link_upgrade, no_match_reask
+from wx_orchestration.defs.lifecycle.checks import LIFECYCLE_CHECKS
+from wx_orchestration.defs.lifecycle.jobs import cohort_reenrichment_job
+from wx_orchestration.devstack.demo_data import load_demo_data
+from wx_orchestration_tests.dagster_support import asset_resources, materialization_metadata
+from wx_orchestration_tests.integration.test_enrichment_flow import SCHEMA, add_album, add_play
+from wx_orchestration_tests.integration.test_lifecycle import (
+    ALBUM,
+    SONG,
+    add_no_match,
+    emulated_artists,
+    row,
+)
+
+
+@pytest.fixture
+def conn(station_db: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(station_db, autocommit=True) as connection:
+        connection.execute(f"SET search_path TO {SCHEMA}, wx_orchestration")
+        yield connection
+
+
+def materialize(
+    assets: list[Any], station_db: str, lml_url: str, redis_url: str, config: dict[str, Any]
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [*assets, *LIFECYCLE_CHECKS],
+        resources=asset_resources(station_db, lml_url, redis_url),
+        run_config={"ops": config},
+        raise_on_error=False,
+    )
+
+
+def snapshot(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT id, metadata_status::text, updated_at, no_match_recheck_attempted_at"
+        " FROM flowsheet ORDER BY id"
+    ).fetchall()
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
+
+
+def test_no_match_reask_materializes_with_progress_and_its_check(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    matches = emulated_artists(matches=True)
+    ids = [add_no_match(conn, next(matches)) for _ in range(3)]
+    config = {"no_match_reask": {"config": {"min_age_s": 0, "max_calls": 2}}}
+    result = materialize([no_match_reask], station_db, lml_emulator.url, redis_url, config)
+    assert result.success
+    metadata = materialization_metadata(result)
+    assert metadata["outcomes"]["matched"] == 3  # type: ignore[index]
+    assert metadata["lml_call_allowance"] == 2
+    assert metadata["stopped"] == "pass_done"
+    assert metadata["passes_done"] == 1
+    assert metadata["cohort"] == 0
+    assert {row(conn, i)["metadata_status"] for i in ids} == {"enriched_match"}
+    assert check_results(result) == {"no_match_reask_within_ttl": True}
+
+
+def test_the_reask_check_fails_when_a_row_is_past_its_ttl(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    add_no_match(
+        conn,
+        next(emulated_artists(matches=False)),
+        no_match_recheck_attempted_at="2020-01-01T00:00:00Z",
+    )
+    # No call allowed to reach it: the pass has not got there yet.
+    config = {"no_match_reask": {"config": {"min_age_s": 1e9, "max_calls": 1}}}
+    result = materialize([no_match_reask], station_db, lml_emulator.url, redis_url, config)
+    assert result.success
+    assert check_results(result) == {"no_match_reask_within_ttl": False}
+
+
+def test_a_search_url_is_upgraded_and_a_verified_one_never_touched(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    artists = emulated_artists(matches=True)
+    placeholders = search_columns(LookupKey(next(artists), ALBUM, SONG))
+    verified = "https://open.spotify.com/album/verified-by-a-librarian"
+    upgraded = add_play(
+        conn,
+        (artist := next(artists)),
+        metadata_status="enriched_match",
+        **search_columns(LookupKey(artist, ALBUM, SONG)),
+    )
+    kept = add_play(
+        conn,
+        next(artists),
+        metadata_status="enriched_match",
+        spotify_url=verified,
+        bandcamp_url=placeholders["bandcamp_url"],
+    )
+    album_id = add_album(conn)
+    conn.execute(
+        "INSERT INTO album_metadata (album_id, spotify_url, bandcamp_url, updated_at)"
+        " VALUES (%s, %s, %s, now())",
+        (album_id, placeholders["spotify_url"], verified),
+    )
+    linked = add_play(conn, next(artists), metadata_status="enriched_match", album_id=album_id)
+    config = {"link_upgrade": {"config": {"max_calls": 2}}}
+    result = materialize([link_upgrade], station_db, lml_emulator.url, redis_url, config)
+    assert result.success
+    metadata = materialization_metadata(result)
+    assert metadata["outcomes"]["read"] == 3  # type: ignore[index]
+
+    after = row(conn, upgraded)
+    assert after["spotify_url"].startswith("https://open.spotify.com/artist/")
+    assert after["youtube_music_url"].startswith("https://music.youtube.com/channel/")
+    kept_row = row(conn, kept)
+    assert kept_row["spotify_url"] == verified
+    album = conn.execute(
+        "SELECT spotify_url, bandcamp_url FROM album_metadata WHERE album_id = %s", (album_id,)
+    ).fetchone()
+    assert album is not None
+    assert album[0].startswith("https://open.spotify.com/artist/")
+    assert album[1] == verified
+    assert row(conn, linked)["spotify_url"] is None  # linked rows' links live on the album
+    # Asked within the TTL: a second run reads nothing.
+    again = materialize([link_upgrade], station_db, lml_emulator.url, redis_url, config)
+    assert materialization_metadata(again)["outcomes"]["read"] == 0  # type: ignore[index]
+    assert check_results(again) == {"link_upgrade_within_ttl": True}
+
+
+def run_cohort(station_db: str, lml_url: str, redis_url: str, **config: Any) -> dict[str, Any]:
+    result = cohort_reenrichment_job.execute_in_process(
+        run_config={"ops": {"reenrich_cohort_rows": {"config": config}}},
+        resources=asset_resources(station_db, lml_url, redis_url),
+    )
+    assert result.success
+    (event,) = [
+        e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"
+    ]  # the op's one output
+    metadata = event.event_specific_data.metadata  # type: ignore[union-attr]
+    return {key: value.value for key, value in metadata.items()}
+
+
+def test_cohort_dry_run_writes_nothing_and_the_real_run_does_what_it_said(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    matches, misses = emulated_artists(matches=True), emulated_artists(matches=False)
+    cohort = [add_no_match(conn, next(matches)) for _ in range(4)]
+    cohort += [add_no_match(conn, next(misses)) for _ in range(3)]
+    outside = add_play(conn, next(matches), metadata_status="enriched_match")
+    linked_outside = add_no_match(conn, next(matches), album_id=add_album(conn))
+    config = {"name": "breaker-incident", "linked": "unlinked", "page_rows": 3}
+    before = snapshot(conn)
+
+    preview = run_cohort(station_db, lml_emulator.url, redis_url, **config)
+    assert preview["dry_run"] is True
+    assert preview["scope_rows"] == 7
+    assert preview["scope_by_status"] == {"enriched_no_match": 7}
+    assert snapshot(conn) == before
+    assert lml_emulator.requests() == []
+
+    done = run_cohort(station_db, lml_emulator.url, redis_url, dry_run=False, **config)
+    assert done["rows"] == preview["scope_rows"]
+    assert done["done"] is True
+    assert (done["verdicts"], done["shed"]) == (7, 0)
+    assert done["outcomes"]["match"] == 4
+    assert done["cohort_totals"]["rows"] == 7
+    statuses = {i: row(conn, i)["metadata_status"] for i in cohort}
+    assert sorted(statuses.values()) == ["enriched_match"] * 4 + ["enriched_no_match"] * 3
+    # Outside the cohort: untouched.
+    assert row(conn, outside)["updated_at"] == dict((r[0], r[2]) for r in before)[outside]
+    assert row(conn, linked_outside)["metadata_status"] == "enriched_no_match"
+
+    # Idempotent: the cohort is done; running it again asks LML nothing.
+    lml_emulator.clear_requests()
+    again = run_cohort(station_db, lml_emulator.url, redis_url, dry_run=False, **config)
+    assert again["done"] is True
+    assert lml_emulator.requests() == []
+
+
+def test_cohort_run_resumes_where_it_stopped_and_counts_shed_apart(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    matches = emulated_artists(matches=True)
+    ids = [add_no_match(conn, next(matches)) for _ in range(5)]
+    config = {"name": "resumable", "page_rows": 2, "max_calls": 1, "dry_run": False}
+    lml_emulator.set_faults(degraded=True)
+    shed = run_cohort(station_db, lml_emulator.url, redis_url, **config)
+    assert (shed["rows"], shed["shed"], shed["verdicts"]) == (2, 2, 0)
+    assert shed["done"] is False
+    lml_emulator.reset()
+    rest = run_cohort(station_db, lml_emulator.url, redis_url, **{**config, "max_calls": 5})
+    assert rest["rows"] == 3  # the two shed rows are the backlog's now (pending, backing off)
+    assert rest["done"] is True
+    assert rest["cohort_totals"]["rows"] == 5
+    assert [row(conn, i)["metadata_status"] for i in ids].count("pending") == 2
+
+
+def test_the_report_materializes_with_tables_and_chart_on_demo_data(
+    station_db, conn, lml_emulator, redis_url, tmp_path: Path
+) -> None:
+    load_demo_data(station_db, station_schema=SCHEMA)
+    reask = {"no_match_reask": {"config": {"min_age_s": 0, "max_calls": 1}}}
+    assert materialize([no_match_reask], station_db, lml_emulator.url, redis_url, reask).success
+    config = {"enrichment_report": {"config": {"output_dir": str(tmp_path)}}}
+    result = materialize([enrichment_report], station_db, lml_emulator.url, redis_url, config)
+    assert result.success
+    metadata = materialization_metadata(result)
+    tables: dict[str, list[dict[str, Any]]] = {
+        name: [dict(record.data) for record in value.records]
+        for name, value in metadata.items()
+        if isinstance(value, dg.TableMetadataValue)
+    }
+    assert set(tables) == {
+        "match_rate_by_day",
+        "match_rate_by_show",
+        "no_match_by_reask_state",
+        "parked_by_reason",
+        "lifecycle_yield",
+        "top_unmatched_artists",
+    }
+    assert {"day", "tracks", "match_rate"} <= set(tables["match_rate_by_day"][0])
+    assert sum(r["tracks"] for r in tables["match_rate_by_day"]) == metadata["dagster/row_count"]
+    (reask,) = tables["lifecycle_yield"]
+    assert reask["kind"] == "no_match_reask"
+    assert reask["asked"] > 0
+    assert reask["yield"] == round(reask["matched"] / reask["asked"], 3)
+    assert tables["top_unmatched_artists"]
+    chart = metadata["chart"]
+    assert isinstance(chart, dict)
+    assert chart["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
+    assert chart["layer"][0]["data"]["values"]
+    page = Path(str(metadata["report_file"]))
+    assert page.parent == tmp_path
+    assert "top unmatched artists" in page.read_text()

@@ -1,0 +1,95 @@
+"""The lifecycle's pure rules: what a re-ask does with an answer, how a pass advances, which
+links are upgraded, what a cohort may be, and the lane's allowance."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from wx_orchestration.contracts.lml import Artwork
+from wx_orchestration.core.budget import BudgetLimits, lane_family, lifecycle_calls
+from wx_orchestration.core.enrichment import LookupKey, Verdict, search_columns
+from wx_orchestration.core.lifecycle import (
+    CohortSpec,
+    PassCursor,
+    advanced,
+    pass_runs,
+    reask_action,
+    upgraded_links,
+)
+from wx_orchestration.core.report import lifecycle_yield, match_rate_by_day
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_only_a_definitive_answer_is_written_or_stamped() -> None:
+    assert reask_action(Verdict("match", artwork=Artwork())) == "match"
+    assert reask_action(Verdict("no_match")) == "stamp"
+    assert reask_action(Verdict("not_a_verdict", reason="shed_limiter_saturated")) == "leave"
+    assert reask_action(Verdict("error", reason="x", row_fault=True)) == "leave"
+
+
+def test_a_full_page_moves_the_cursor_and_a_short_one_starts_a_new_pass() -> None:
+    started = PassCursor(pass_started_at=NOW)
+    moved = advanced(started, (NOW, 42), page_full=True, now=NOW + timedelta(hours=2))
+    assert (moved.add_time, moved.flowsheet_id, moved.pass_number) == (NOW, 42, 1)
+    wrapped = advanced(moved, (NOW, 7), page_full=False, now=NOW + timedelta(hours=4))
+    assert wrapped.at_top
+    assert (wrapped.pass_number, wrapped.passes_done) == (2, 1)
+    assert wrapped.last_pass_s == 4 * 3600
+    assert wrapped.pass_started_at == NOW + timedelta(hours=4)
+    assert advanced(wrapped, None, page_full=False, now=NOW).pass_number == 3
+
+
+def test_only_placeholders_are_upgraded_and_only_by_real_links() -> None:
+    placeholders = search_columns(LookupKey("Stereolab", "Dots and Loops", None))
+    current = {**placeholders, "bandcamp_url": "https://stereolab.bandcamp.com/album/x"}
+    artwork = Artwork(
+        spotify_url="https://open.spotify.com/album/1",
+        bandcamp_url="https://other.bandcamp.com",
+        soundcloud_url="https://soundcloud.com/search?q=still+a+search",
+    )
+    assert upgraded_links(current, Verdict("match", artwork=artwork)) == {
+        "spotify_url": "https://open.spotify.com/album/1"
+    }
+    assert upgraded_links(current, Verdict("no_match")) == {}
+
+
+def test_a_cohort_refuses_unknown_statuses_and_empty_windows() -> None:
+    with pytest.raises(ValueError, match="cohort statuses"):
+        CohortSpec(statuses=("pending",))
+    with pytest.raises(ValueError, match="add_time window is empty"):
+        CohortSpec(added_from=NOW, added_to=NOW)
+    assert CohortSpec(ids=(1, 2)).describe()["ids"] == 2
+
+
+def test_the_lifecycle_lane_is_a_share_of_the_batch_rate() -> None:
+    assert lane_family("lifecycle") == "lookup"
+    assert lifecycle_calls(BudgetLimits(), 7200.0) == 720  # 0.5/s batch, a 0.2 share, 2 h
+    assert lifecycle_calls(BudgetLimits(rate_per_second=0.001), 60.0) == 1  # always progress
+    with pytest.raises(ValueError, match="share"):
+        lifecycle_calls(BudgetLimits(), 60.0, share=0)
+    assert pass_runs(300_000, 72_000) == 5
+
+
+def test_report_rates_and_yield() -> None:
+    plays = pd.DataFrame(
+        [
+            ("2026-01-01", 1, "enriched_match", 3),
+            ("2026-01-01", 2, "enriched_no_match", 1),
+            ("2026-01-02", 1, "pending", 2),
+        ],
+        columns=["day", "show_id", "status", "rows"],
+    )
+    by_day = match_rate_by_day(plays).set_index("day")
+    assert by_day.loc["2026-01-01", "match_rate"] == 0.75
+    assert by_day.loc["2026-01-02", "tracks"] == 2
+    assert pd.isna(by_day.loc["2026-01-02", "match_rate"])
+    runs = pd.DataFrame(
+        [("no_match_reask", 100, 5, 90, 5, 0, 2)],
+        columns=["kind", "asked", "matched", "stamped", "not_a_verdict", "upgraded", "lml_calls"],
+    )
+    (row,) = lifecycle_yield(runs).to_dict("records")
+    assert (row["yield"], row["lml_calls_per_enriched_row"]) == (0.05, round(2 / 95, 3))
