@@ -11,8 +11,8 @@ worth. Under a steady stream of plays a caller therefore waits while plays gathe
 fuller rather than more numerous, keeping the allowance for a real burst.
 
 The live lane (the sidecar's fast path) keeps `live_reserve` of the rate, the burst and the
-concurrency: batch lanes (`backlog`, `identity`, `lifecycle`) draw on both the shared bucket and a bucket of
-their own holding only the rest, while live may use everything batch leaves unused.
+concurrency: batch lanes (`backlog`, `identity`, `lifecycle`) draw on both the shared bucket and
+a bucket of their own holding only the rest, while live may use everything batch leaves unused.
 
 The `lifecycle` lane (re-asks, link upgrades, cohort re-enrichment) is a batch lane that takes at
 most `LIFECYCLE_SHARE` of the batch rate: each of its runs may make only the calls that share

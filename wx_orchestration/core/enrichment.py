@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, LiteralString
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from wx_orchestration.contracts.lml import (
     Artwork,

@@ -193,7 +193,7 @@ INSERT INTO album_metadata AS am (album_id, {", ".join(RESULT_COLUMNS)}, updated
 SELECT v.album_id, {", ".join(f"v.{name}" for name in RESULT_COLUMNS)}, now()
 FROM json_to_recordset(%s::json) AS v(album_id int, {_recordset_columns()})
 ON CONFLICT (album_id) DO UPDATE SET
-    {", ".join(f"{name} = COALESCE({kept_value('am', name)}, EXCLUDED.{name})" for name in RESULT_COLUMNS)},
+    {", ".join(f"{n} = COALESCE({kept_value('am', n)}, EXCLUDED.{n})" for n in RESULT_COLUMNS)},
     updated_at = EXCLUDED.updated_at
 """
 

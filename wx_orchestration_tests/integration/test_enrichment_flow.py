@@ -14,7 +14,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from wx_orchestration.clients.lml import LmlClient
-from wx_orchestration.contracts.lml import BulkLookupResponse, LookupItem
+from wx_orchestration.contracts.lml import LookupItem
 from wx_orchestration.core.album_record import clean_discogs_bio
 from wx_orchestration.core.enrichment import LookupKey, RetryPolicy, lookup_item
 from wx_orchestration.db.enrichment import claim_backlog_batch, claim_rows_by_ids

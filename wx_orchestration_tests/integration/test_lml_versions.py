@@ -5,6 +5,7 @@ modes, on real Postgres (and Redis where the shared budget is part of the rule).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,8 +15,10 @@ import redis
 
 from wx_orchestration.clients.lml import LmlClient, LmlError
 from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget, wait_until_lml_ready
+from wx_orchestration.contracts.cdc import StreamEvent
 from wx_orchestration.contracts.lml import LOOKUP_BULK_PATH, LOOKUP_PATH
 from wx_orchestration.core.budget import BudgetLimits, lane_family
+from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
 from wx_orchestration.db.enrichment import claim_rows_by_ids
 from wx_orchestration.db.pool import close_shared_pools
 from wx_orchestration.defs.resources import LmlResource
@@ -56,7 +59,7 @@ def client(lml_emulator: EmulatorHandle) -> Iterator[LmlClient]:
 def live_role(
     station_db: str, redis_url: str, lml_emulator: EmulatorHandle
 ) -> Iterator[EnrichRole]:
-    """The sidecar's enrich role, driven directly (`enrich_rows`), with a URL as operators
+    """The sidecar's enrich role, driven directly (`enrich_events`), with a URL as operators
     often write it: with the `/api/v1` suffix the station's client strips."""
     ctx = SidecarContext(
         role_settings(station_db, redis_url, lml_emulator.url + "/api/v1/"),
@@ -68,6 +71,25 @@ def live_role(
     yield role
     role.lml_client.close()
     close_shared_pools()
+
+
+def enrich_live(role: EnrichRole, conn: psycopg.Connection, ids: list[int]) -> dict[int, str]:
+    """Hand the rows to the role as the bridge would (one INSERT entry each); their statuses."""
+    rows = conn.execute(
+        "SELECT to_jsonb(f.*) FROM flowsheet AS f WHERE id = ANY(%s) ORDER BY id", (ids,)
+    ).fetchall()
+    now_ms = time.time_ns() // 1_000_000
+    events = [
+        decode_stream_entry(f"{now_ms}-{n}", StreamEvent("INSERT", row, now_ms, now_ms).fields())
+        for n, (row,) in enumerate(rows)
+    ]
+    assert all(isinstance(event, FlowsheetEvent) for event in events)
+    role.enrich_events(events)  # type: ignore[arg-type]
+    return dict(
+        conn.execute(
+            "SELECT id, metadata_status::text FROM flowsheet WHERE id = ANY(%s)", (ids,)
+        ).fetchall()
+    )
 
 
 def enrich(conn: psycopg.Connection, lml: Any, ids: list[int]) -> EnrichmentOutcome:
@@ -179,9 +201,7 @@ def test_live_lookups_are_called_as_the_station_calls_them(
     conn: psycopg.Connection, lml_emulator: EmulatorHandle, live_role: EnrichRole
 ) -> None:
     row_id = add_play(conn, emulated_artist(True))
-    outcome = live_role.enrich_rows([row_id])
-    assert outcome is not None
-    assert outcome.match == 1
+    assert enrich_live(live_role, conn, [row_id]) == {row_id: "enriched_match"}
     (call,) = calls(lml_emulator, LOOKUP_BULK_PATH)
     assert call["query"] == "allow_release_resolution_fallback=true"
     assert call["caller"] == {"x-caller-class": "5", "x-caller-reason": "enrichment-worker"}
@@ -255,9 +275,10 @@ def test_feb2026_live_lookups_each_draw_on_the_shared_budget(
     ids = [add_play(conn, emulated_artist(True)), add_play(conn, emulated_artist(False))]
     grants: Callable[[], int] = lambda: live_role.budget.stats["live"].grants  # noqa: E731
     before = grants()
-    outcome = live_role.enrich_rows(ids)
-    assert outcome is not None
-    assert (outcome.match, outcome.no_match) == (1, 1)
+    assert sorted(enrich_live(live_role, conn, ids).values()) == [
+        "enriched_match",
+        "enriched_no_match",
+    ]
     # The refused bulk call and each per-item lookup took a slot of their own.
     assert grants() - before == 3
     per_item = calls(lml_emulator, LOOKUP_PATH)
