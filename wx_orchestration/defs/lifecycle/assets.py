@@ -42,7 +42,7 @@ from wx_orchestration.settings import report_dir_from_env
 
 DAY_S = 86400.0
 # The schedule launches both passes every two hours: 12 runs a day, so that housekeeping stays
-# near 100 runs a day with the stale sweep's 96. A run's call allowance is its share of that.
+# under 100 runs a day with the stale sweep's 72. A run's call allowance is its share of that.
 PASS_INTERVAL_S = 2 * 3600.0
 # Nothing is claimed while a lifecycle call waits for the budget, so it may wait long; past
 # this the call counts as failed and the run stops with its cursor where it was.

@@ -3,7 +3,7 @@ import dagster as dg
 from wx_orchestration.defs.lifecycle.jobs import enrichment_lifecycle_job, enrichment_report_job
 
 # Both passes in one run every two hours (12 runs a day) and the report once a day: with the
-# stale sweep's 96, housekeeping stays near 100 runs a day.
+# stale sweep's 72, housekeeping stays under 100 runs a day.
 enrichment_lifecycle_schedule = dg.ScheduleDefinition(
     name="enrichment_lifecycle_schedule",
     job=enrichment_lifecycle_job,
