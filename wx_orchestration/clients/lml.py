@@ -269,7 +269,8 @@ class LmlClient:
     """Synchronous, thread-safe LML client sharing one process-wide `httpx.Client` per base URL.
 
     `total_timeout` bounds each method call including retries and backoff; retryable errors
-    (timeouts, network errors, 5xx, 429) are retried at most `max_retries` times, honouring
+    (timeouts, network errors, 5xx, 429) are retried at most `max_retries` times (default none:
+    behind the shared budget every attempt must queue for its own slot), honouring
     `Retry-After` up to `retry_after_cap_s`, and never past that deadline.
 
     The base URL is read as the station's client reads `LIBRARY_METADATA_URL` (a trailing
@@ -285,7 +286,7 @@ class LmlClient:
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         total_timeout: float = 60.0,
-        max_retries: int = 2,
+        max_retries: int = 0,
         *,
         caller: LookupCaller | None = None,
         retry_after_cap_s: float = DEFAULT_LML_RETRY_AFTER_CAP_S,

@@ -25,7 +25,6 @@ from wx_orchestration.contracts.lml import (
     LookupResponse,
     LookupResult,
 )
-from wx_orchestration.contracts.station import RESULT_COLUMNS
 from wx_orchestration.core.album_record import (
     album_record,
     artist_bio,
@@ -37,7 +36,6 @@ from wx_orchestration.core.album_record import (
 from wx_orchestration.core.album_record import text as _text
 from wx_orchestration.core.streaming_urls import GUARDS
 
-URL_COLUMNS = frozenset(RESULT_COLUMNS) - {"release_year", "artist_bio"}
 _SHED_STATUSES = frozenset({"shed_limiter_saturated", "shed_breaker_open"})
 _ALWAYS_TRUSTED = frozenset({"direct", "compilation"})
 

@@ -26,8 +26,8 @@ from typing import Any, LiteralString
 
 import psycopg
 
+from wx_orchestration.contracts.station import RESULT_COLUMNS
 from wx_orchestration.core.enrichment import (
-    RESULT_COLUMNS,
     SEARCH_URL_PREFIXES,
     ClaimedRow,
     FinalizePlan,

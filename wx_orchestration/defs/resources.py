@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,18 +18,12 @@ import redis
 from psycopg import sql
 from pydantic import Field, PrivateAttr
 
-from wx_orchestration.clients.lml import LmlCallRecorder, LmlClient
+from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
 from wx_orchestration.clients.redis_client import shared_redis
 from wx_orchestration.contracts.lml import (
     BACKLOG_LOOKUPS,
     DEFAULT_LML_RETRY_AFTER_CAP_S,
-    BulkLookupResponse,
-    BulkResolveInput,
-    BulkResolveResponse,
-    HealthResponse,
-    LookupItem,
-    LookupResponse,
 )
 from wx_orchestration.core.budget import DEFAULT_BURST, BudgetLimits
 from wx_orchestration.db.pool import shared_pool
@@ -84,31 +78,6 @@ class LmlResource(dg.ConfigurableResource):
                     retry_after_cap_s=self.retry_after_cap_s,
                 )
             return self._client
-
-    def bulk_resolve_libraries(
-        self,
-        inputs: Sequence[BulkResolveInput | Mapping[str, Any]],
-        include_tracks: bool = False,
-        *,
-        stats: LmlCallRecorder | None = None,
-    ) -> BulkResolveResponse:
-        return self.get_client().bulk_resolve_libraries(inputs, include_tracks, stats=stats)
-
-    def lookup_bulk(
-        self,
-        items: Sequence[LookupItem | Mapping[str, Any]],
-        *,
-        stats: LmlCallRecorder | None = None,
-    ) -> BulkLookupResponse:
-        return self.get_client().lookup_bulk(items, stats=stats)
-
-    def lookup(
-        self, item: LookupItem | Mapping[str, Any], *, stats: LmlCallRecorder | None = None
-    ) -> LookupResponse:
-        return self.get_client().lookup(item, stats=stats)
-
-    def health(self) -> HealthResponse:
-        return self.get_client().health()
 
 
 class PostgresResource(dg.ConfigurableResource):

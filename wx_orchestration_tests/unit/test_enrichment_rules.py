@@ -14,9 +14,9 @@ from wx_orchestration.contracts.lml import (
     HealthResponse,
     LookupResponse,
 )
+from wx_orchestration.contracts.station import RESULT_COLUMNS
 from wx_orchestration.core.album_record import MAX_URL_CHARS
 from wx_orchestration.core.enrichment import (
-    RESULT_COLUMNS,
     ClaimedRow,
     LookupKey,
     RetryPolicy,
