@@ -81,7 +81,7 @@ def test_a_no_match_lml_now_matches_becomes_a_match_filling_only_nulls(
     assert after["artist_bio"] == "Written by a librarian."  # populated: never clobbered
     assert after["discogs_url"].startswith("https://www.discogs.com/release/")
     # A search placeholder is not a value: LML's link replaces it.
-    assert after["spotify_url"].startswith("https://open.spotify.com/artist/")
+    assert after["spotify_url"].startswith("https://open.spotify.com/album/")
 
 
 def test_a_linked_no_match_fills_its_album_metadata(conn, lml_emulator, lml_client) -> None:
@@ -197,5 +197,5 @@ def test_a_re_asked_match_reaches_the_live_feed_as_an_update(
 
         frame = poll(update_frame, what="the re-asked row's update on wx:live")
         assert frame.payload["metadata_status"] == "enriched_match"
-        assert frame.payload["spotify_url"].startswith("https://open.spotify.com/artist/")
+        assert frame.payload["spotify_url"].startswith("https://open.spotify.com/album/")
         assert server.redis.exists(LIVE_STREAM)

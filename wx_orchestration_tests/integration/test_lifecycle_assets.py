@@ -126,7 +126,7 @@ def test_a_search_url_is_upgraded_and_a_verified_one_never_touched(
     assert metadata["outcomes"]["read"] == 3  # type: ignore[index]
 
     after = row(conn, upgraded)
-    assert after["spotify_url"].startswith("https://open.spotify.com/artist/")
+    assert after["spotify_url"].startswith("https://open.spotify.com/album/")
     assert after["youtube_music_url"].startswith("https://music.youtube.com/channel/")
     kept_row = row(conn, kept)
     assert kept_row["spotify_url"] == verified
@@ -134,7 +134,7 @@ def test_a_search_url_is_upgraded_and_a_verified_one_never_touched(
         "SELECT spotify_url, bandcamp_url FROM album_metadata WHERE album_id = %s", (album_id,)
     ).fetchone()
     assert album is not None
-    assert album[0].startswith("https://open.spotify.com/artist/")
+    assert album[0].startswith("https://open.spotify.com/album/")
     assert album[1] == verified
     assert row(conn, linked)["spotify_url"] is None  # linked rows' links live on the album
     # Asked within the TTL: a second run reads nothing.
