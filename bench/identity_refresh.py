@@ -19,8 +19,8 @@ from bench.common import bench_database, emulator_process, station_connection
 from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.core.identity import WRITER_NOTE, BatchPlan, IdentityWrite, plan_batch
 from wx_orchestration.db.identity import SHARD_COUNT, Selection, select_stale_batch, write_batch
-from wx_orchestration.defs.identity.refresh import RefreshOptions, refresh_shard
 from wx_orchestration.devstack.station_rows import library_defaults
+from wx_orchestration.flows.identity import RefreshOptions, refresh_shard
 
 
 def seed(conn: psycopg.Connection, rows: int) -> None:

@@ -9,9 +9,9 @@ import psycopg
 import pytest
 
 from wx_orchestration.contracts.lml import BULK_RESOLVE_PATH, BulkResolveInput
-from wx_orchestration.defs.identity.refresh import refresh_shard
 from wx_orchestration.devstack.lml_emulator import emulated_track_credits, resolve_library
 from wx_orchestration.devstack.station_rows import insert_artists
+from wx_orchestration.flows.identity import refresh_shard
 from wx_orchestration_tests.integration.test_identity_asset import run_shard
 from wx_orchestration_tests.integration.test_identity_refresh import (
     conn,  # noqa: F401 (fixture)

@@ -11,8 +11,8 @@ from psycopg import sql
 
 from wx_orchestration.clients.lml import LmlClient
 from wx_orchestration.db.identity import Selection
-from wx_orchestration.defs.identity.refresh import LmlAuthError, RefreshOptions, refresh_shard
 from wx_orchestration.devstack.station_rows import insert_artists, library_defaults
+from wx_orchestration.flows.identity import LmlAuthError, RefreshOptions, refresh_shard
 from wx_orchestration_tests.scripted_lml import ScriptedLml, echo_single_artist
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,8 +30,25 @@ raise SystemExit(main(["up"]))
 
 @pytest.mark.timeout(600)
 def test_runtime_wheel_has_no_dev_stack_and_says_so(tmp_path: Path) -> None:
+    # Built from a clean copy: setuptools reuses a checkout's build/ directory, whose leftovers
+    # would end up in the wheel.
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            ".wx",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            "test-artifacts",
+            ".*_cache",
+        ),
+    )
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(tmp_path)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(source), "-w", str(tmp_path)],
         capture_output=True,
         text=True,
         check=False,

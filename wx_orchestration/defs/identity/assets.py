@@ -11,18 +11,18 @@ from wx_orchestration.contracts.lml import BULK_RESOLVE_PATH
 from wx_orchestration.core.identity import IdentityDiff, IdentityTotals
 from wx_orchestration.db.identity import Selection
 from wx_orchestration.defs.identity.partitions import LIBRARY_SHARDS
-from wx_orchestration.defs.identity.refresh import (
+from wx_orchestration.defs.partition_keys import require_known_partition
+from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
+from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
+from wx_orchestration.defs.station.assets import LIBRARY_KEY, LML_KEY
+from wx_orchestration.defs.tables import outcome_table, table
+from wx_orchestration.flows.identity import (
     BulkResolveMissing,
     LmlAuthError,
     RefreshOptions,
     RefreshResult,
     refresh_shard,
 )
-from wx_orchestration.defs.partition_keys import require_known_partition
-from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
-from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
-from wx_orchestration.defs.station.assets import LIBRARY_KEY, LML_KEY
-from wx_orchestration.defs.tables import outcome_table, table
 
 LML_ERROR_RATE_WARN = 0.05
 DIFF_TABLE_ROWS = 50

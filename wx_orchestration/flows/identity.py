@@ -1,7 +1,7 @@
 """One shard's identity refresh: select → bulk-resolve → plan → write, batch after batch.
 
 Kept free of Dagster so it can be driven and tested with a plain connection and client; the
-asset in `assets.py` wraps it with config, metadata and checks.
+asset in `defs/identity/assets.py` wraps it with config, metadata and checks.
 """
 
 from __future__ import annotations
