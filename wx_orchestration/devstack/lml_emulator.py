@@ -250,6 +250,37 @@ def resolve_library(item: BulkResolveInput, include_tracks: bool) -> dict[str, A
     }
 
 
+# Image URLs as the pure answer functions give them. An emulator serving its own artwork
+# (`art_base`, set by `wx up`) rewrites them to its `/art/` route, so the offline demo shows
+# pictures; tests keep the placeholder, which never resolves.
+ART_PLACEHOLDER = "https://img.emulator.invalid/"
+ART_ROUTE = "/art/"
+
+
+def _rebase_art(value: Any, art_base: str) -> Any:
+    if isinstance(value, str):
+        return (
+            art_base + value[len(ART_PLACEHOLDER) :] if value.startswith(ART_PLACEHOLDER) else value
+        )
+    if isinstance(value, dict):
+        return {key: _rebase_art(item, art_base) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rebase_art(item, art_base) for item in value]
+    return value
+
+
+def cover_svg(name: str) -> str:
+    """A square cover of two colours drawn from `name`: distinct per release, stable per name."""
+    digest = hashlib.sha256(name.encode()).digest()
+    first, second = (f"#{digest[i]:02x}{digest[i + 1]:02x}{digest[i + 2]:02x}" for i in (0, 3))
+    return (
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 120 120" width="600" height="600">'
+        f'<rect width="120" height="120" fill="{first}"/>'
+        f'<circle cx="60" cy="60" r="{24 + digest[6] % 24}" fill="{second}"/>'
+        '<circle cx="60" cy="60" r="4" fill="#111"/></svg>'
+    )
+
+
 def _artwork(item: LookupItem, seed: int) -> dict[str, Any]:
     artist = " ".join(item.artist.split())
     album = " ".join((item.album or item.song or "Untitled").split())
@@ -266,7 +297,7 @@ def _artwork(item: LookupItem, seed: int) -> dict[str, Any]:
         "release_url": f"https://www.discogs.com/release/{release_id}",
         "album": album,
         "artist": artist,
-        "artwork_url": f"https://img.emulator.invalid/{seed:016x}.jpg",
+        "artwork_url": f"{ART_PLACEHOLDER}{seed:016x}.jpg",
         "release_year": year,
         "artist_bio": f"{artist} is an artist invented by the [a=LML emulator].",
         "wikipedia_url": f"https://en.wikipedia.org/wiki/{quote(artist.replace(' ', '_'))}",
@@ -300,7 +331,7 @@ def _artwork(item: LookupItem, seed: int) -> dict[str, Any]:
                     {"position": f"A{n}", "title": f"{album} part {n}", "duration": "4:0{n}"}
                     for n in range(1, 3 + seed % 4)
                 ],
-                "artist_image_url": f"https://img.emulator.invalid/artist/{ids['discogs_artist_id']}.jpg",
+                "artist_image_url": f"{ART_PLACEHOLDER}artist/{ids['discogs_artist_id']}.jpg",
                 "profile_tokens": [
                     {"type": "text", "text": f"{artist} is an artist invented by the "},
                     {"type": "artist", "text": "LML emulator", "id": 1},
@@ -396,8 +427,10 @@ def _item_count(body: object, key: str) -> int:
 class LmlEmulator:
     """The emulator's state and Starlette app. `api_key` empty: any or no Authorization passes."""
 
-    def __init__(self, api_key: str = "", **faults: Any) -> None:
+    def __init__(self, api_key: str = "", *, art_base: str | None = None, **faults: Any) -> None:
         self.api_key = api_key
+        # Where answers point for artwork (this emulator's `/art/` URL); None keeps the placeholder.
+        self.art_base = art_base
         faults.setdefault("mode", os.environ.get(MODE_ENV) or "current")
         self._initial = Faults.model_validate(faults)
         self._faults = self._initial.model_copy()
@@ -411,6 +444,7 @@ class LmlEmulator:
                 Route(LOOKUP_BULK_PATH, self._api, methods=["POST"]),
                 Route(LOOKUP_PATH, self._api, methods=["POST"]),
                 Route(HEALTH_PATH, self._health, methods=["GET"]),
+                Route(ART_ROUTE + "{name:path}", self._art, methods=["GET"]),
                 Route(
                     "/_emulator/faults", self._faults_endpoint, methods=["GET", "POST", "DELETE"]
                 ),
@@ -515,6 +549,8 @@ class LmlEmulator:
                     except ValueError:
                         raise _Refusal(422, "body is not JSON") from None
                     items, payload = self._answer(request.url.path, body, faults)
+                    if self.art_base:
+                        payload = _rebase_art(payload, self.art_base)
                     response = self._deliver(payload, faults)
             except _Refusal as refusal:
                 items = refusal.items
@@ -606,6 +642,13 @@ class LmlEmulator:
         if not item.artist.strip():
             raise _Refusal(422, "artist must not be blank", 1)
         return _answer_lookup(item, faults)
+
+    async def _art(self, request: Request) -> Response:
+        return Response(
+            cover_svg(request.path_params["name"]),
+            media_type="image/svg+xml",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     async def _health(self, request: Request) -> Response:
         faults = self.faults()
@@ -721,12 +764,16 @@ def start_in_thread(
     *,
     api_key: str = "",
     ready_timeout: float = 10.0,
+    serve_art: bool = False,
     **faults: Any,
 ) -> EmulatorHandle:
-    """Serves an emulator on `host:port` (0: a free port) and returns once it answers /health."""
-    emulator = LmlEmulator(api_key=api_key, **faults)
+    """Serves an emulator on `host:port` (0: a free port) and returns once it answers /health.
+    `serve_art`: answers point at this emulator's own artwork instead of the placeholder."""
     sock = _bind(host, port)
     url = _url(host, sock)
+    emulator = LmlEmulator(
+        api_key=api_key, art_base=url + ART_ROUTE if serve_art else None, **faults
+    )
     server = _server(emulator)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="lml-emulator", daemon=True
@@ -772,9 +819,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = vars(_parser().parse_args(argv))
     host, port, api_key = args.pop("host"), args.pop("port"), args.pop("api_key")
     faults = {name: value for name, value in args.items() if value is not None}
-    emulator = LmlEmulator(api_key=api_key, **faults)
     sock = _bind(host, port)
     url = _url(host, sock)
+    # `wx up`'s emulator: answers point at its own artwork, so the offline demo shows covers.
+    emulator = LmlEmulator(api_key=api_key, art_base=url + ART_ROUTE, **faults)
     logging.basicConfig(level=logging.INFO)
     LOGGER.info("LML EMULATOR (not the real LML) serving on %s", url)
     print(url, flush=True)
