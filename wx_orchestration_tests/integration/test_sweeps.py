@@ -332,6 +332,33 @@ def test_enrichment_freshness_from_the_event_log(station_db, redis_url, conn, mo
     assert result.metadata["p50_s"].value == pytest.approx(1.0, abs=0.01)
 
 
+def test_enrichment_freshness_counts_plays_still_waiting(
+    station_db, redis_url, conn, monkeypatch
+) -> None:
+    # Plays the fast path missed: the backlog enriches them minutes later, or has not yet.
+    monkeypatch.setenv("WX_FRESHNESS_TARGET_S", "5")
+    for fid in range(1, 10):
+        conn.execute(
+            """INSERT INTO flowsheet_events (event_key, flowsheet_id, action, metadata_status,
+                   cdc_timestamp) VALUES
+               (%(k)s || ':i', %(id)s, 'INSERT', 'pending', now() - interval '150 seconds'),
+               (%(k)s || ':t', %(id)s, 'UPDATE', 'enriched_match',
+                now() - interval '149 seconds')""",
+            {"k": str(fid), "id": fid},
+        )
+    conn.execute(
+        """INSERT INTO flowsheet_events (event_key, flowsheet_id, action, metadata_status,
+               cdc_timestamp) VALUES ('10:i', 10, 'INSERT', 'pending', now() - interval '153 s')"""
+    )
+    result = run_check(checks.enrichment_freshness, station_db, redis_url)
+    assert result.metadata["rows_last_hour"].value == 10
+    assert result.metadata["still_waiting"].value == 1
+    p95 = result.metadata["p95_s"].value
+    assert isinstance(p95, float)
+    assert p95 > 80  # the waiting play's 153 s weighs in
+    assert not result.passed
+
+
 def test_outage_retries_never_count_towards_parking(conn) -> None:
     row_id = play(conn, status="enriching", claimed_ago_s=LEASE + 5)
     policy = RetryPolicy(max_attempts=2)
