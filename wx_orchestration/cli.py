@@ -19,8 +19,8 @@ def _database_url(settings: Settings) -> str:
     """DATABASE_URL, else the database of a running `wx up`."""
     from wx_orchestration.devstack.stack import read_stack, state_dir
 
-    if settings.database_url:
-        return settings.database_url
+    if settings.database.url:
+        return settings.database.url
     raise SettingsError(
         "DATABASE_URL is not set"
         + (
@@ -49,7 +49,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     url = _database_url(settings)
     applied = apply_migrations(
-        url, with_station_schema=args.with_station_schema, station_schema=settings.station_schema
+        url,
+        with_station_schema=args.with_station_schema,
+        station_schema=settings.database.station_schema,
     )
     print(f"{redact_url(url)}: {len(applied)} migration(s) applied")
     for name in applied:
@@ -62,7 +64,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     counts = load_demo_data(
-        _database_url(settings), station_schema=settings.station_schema, force=args.force
+        _database_url(settings), station_schema=settings.database.station_schema, force=args.force
     )
     print(f"demo data: {counts}")
     return 0

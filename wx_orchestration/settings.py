@@ -1,19 +1,40 @@
-"""Every environment variable wx_orchestration reads, validated in one place.
+"""Every environment variable wx_orchestration reads: one pydantic-settings model per component.
 
-Dagster resources read the same names through `EnvVar` (see `defs/resources.py`); the sidecar and
-the `wx` command use `Settings.from_env()`. README.md documents each of them.
+A process builds them once (`Settings.from_env()`: the sidecar and `wx` at start, the Dagster
+code location when it loads `definitions.py`) and hands them on; nothing else reads the
+environment. Bad values fail there, in one line naming the variable (never echoing its value: some
+are secrets), and so does a combination that breaks a timing rule of `core.timing`. README.md's
+configuration table documents each variable.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from wx_orchestration.contracts.lml import DEFAULT_LML_RETRY_AFTER_CAP_S, normalize_lml_url
 from wx_orchestration.core.budget import DEFAULT_BURST
+from wx_orchestration.core.timing import (
+    FAST_PATH_BUDGET_WAIT_S,
+    RECLAIM_IDLE_S,
+    ClaimTimingError,
+    check_fast_path,
+)
 
 DEFAULT_STATION_SCHEMA = "wxyc_schema"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -42,117 +63,231 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
 
 
-def env_float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
+# The environment a model reads: the process's, or the mapping `from_env` was given.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("wx_environ", default=None)
+
+
+class _Environ(EnvSettingsSource):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = _ENVIRON.get()
+        if env is None:
+            return super()._load_env_vars()
+        return parse_env_vars(env, self.case_sensitive, self.env_ignore_empty)
+
+
+@contextmanager
+def _reading(env: Mapping[str, str] | None) -> Iterator[None]:
+    token = _ENVIRON.set(env)
     try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+        yield
+    finally:
+        _ENVIRON.reset(token)
+
+
+def _one_line(err: ValidationError) -> str:
+    problems = []
+    for error in err.errors():
+        variable = ".".join(str(part) for part in error["loc"]) or "settings"
+        problems.append(f"{variable}: {error['msg']}")
+    return "; ".join(problems)
+
+
+class EnvSettings(BaseSettings):
+    """One component's variables, each named by its `validation_alias`."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="ignore",
+        case_sensitive=True,
+        # An empty variable is an unset one, as a shell's `VAR=` means.
+        env_ignore_empty=True,
+        # Values stay out of errors: DATABASE_URL and friends carry passwords.
+        hide_input_in_errors=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _Environ(settings_cls))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        """The model from `env` (default: the process environment) alone."""
+        with _reading(env):
+            try:
+                return cls()
+            except ValidationError as err:
+                raise SettingsError(_one_line(err)) from None
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if isinstance(value, str) and "://" in value else value
+
+
+class DatabaseSettings(EnvSettings):
+    url: str = Field("", validation_alias="DATABASE_URL")
+    station_schema: str = Field(DEFAULT_STATION_SCHEMA, validation_alias="WXYC_SCHEMA_NAME")
+    # How far ahead of the clock our statements may push the station's `Last-Modified`
+    # (`flowsheet_watermark`); 0 turns pacing off.
+    max_lead_s: float = Field(5.0, ge=0, validation_alias="WX_FLOWSHEET_MAX_LEAD_S")
+    # Where the migration files are; empty: the repository's `sql/`.
+    sql_dir: str = Field("", validation_alias="WX_SQL_DIR")
+
+    _plain_identifier = field_validator("station_schema")(validate_schema_name)
+
+    @field_validator("max_lead_s")
+    @classmethod
+    def _room_for_a_claim(cls, value: float) -> float:
+        if 0 < value < 4:
+            raise ValueError("leaves no room for a claim: use 0 (off) or at least 4")
+        return value
+
+
+class RedisSettings(EnvSettings):
+    url: str = Field("", validation_alias="REDIS_URL")
+
+
+class LmlSettings(EnvSettings):
+    url: str = Field("", validation_alias="LIBRARY_METADATA_URL")
+    api_key: SecretStr = Field(SecretStr(""), validation_alias="LML_API_KEY")
+    # The fast path's call timeout.
+    timeout_s: float = Field(10.0, ge=0.1, validation_alias="LML_TIMEOUT_S")
+    # The longest `Retry-After` honoured; longer ones are capped (and logged).
+    retry_after_cap_s: float = Field(
+        DEFAULT_LML_RETRY_AFTER_CAP_S, ge=0, validation_alias="LML_RETRY_AFTER_CAP_S"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _as_the_station_reads_it(cls, value: str) -> str:
+        return normalize_lml_url(value)
+
+
+class BudgetSettings(EnvSettings):
+    """The LML budget every process shares (kept in Redis)."""
+
+    rate_per_second: float = Field(1.0, ge=0.01, validation_alias="LML_RATE_PER_SECOND")
+    max_concurrent: int = Field(5, ge=1, validation_alias="LML_MAX_CONCURRENT")
+    live_reserve: float = Field(0.5, ge=0, lt=1, validation_alias="LML_LIVE_RESERVE")
+    # Calls saved for a burst (the station's client keeps 50).
+    burst: int = Field(DEFAULT_BURST, ge=1, validation_alias="LML_BURST")
+
+
+class EnrichSettings(EnvSettings):
+    """The sidecar's fast path."""
+
+    consumers: int = Field(1, ge=1, validation_alias="WX_ENRICH_CONSUMERS")
+    cache_ttl_s: float = Field(3600.0, ge=1, validation_alias="WX_ENRICH_CACHE_TTL_S")
+    max_budget_wait_s: float = Field(
+        FAST_PATH_BUDGET_WAIT_S, ge=1, validation_alias="WX_ENRICH_MAX_BUDGET_WAIT_S"
+    )
+
+
+def _origins(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(origin.strip() for origin in value.split(",") if origin.strip())
     return value
 
 
-def env_int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
-    return value
+class LiveSettings(EnvSettings):
+    """The live feed (SSE)."""
+
+    stream_maxlen: int = Field(10_000, ge=1, validation_alias="WX_LIVE_STREAM_MAXLEN")
+    max_connections: int = Field(2_000, ge=1, validation_alias="WX_LIVE_MAX_CONNECTIONS")
+    queue_bytes: int = Field(1 << 20, ge=1024, validation_alias="WX_LIVE_QUEUE_BYTES")
+    keepalive_s: float = Field(15.0, ge=0.05, validation_alias="WX_LIVE_KEEPALIVE_S")
+    # Set but empty turns CORS off, so this one variable keeps its empty value.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("*",), validation_alias="WX_LIVE_CORS_ORIGINS"
+    )
+
+    _split = field_validator("cors_origins", mode="before")(_origins)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
+        live = super().from_env(env)
+        env = os.environ if env is None else env
+        if env.get("WX_LIVE_CORS_ORIGINS") == "":
+            return live.model_copy(update={"cors_origins": ()})
+        return live
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str
-    station_schema: str
-    redis_url: str
-    lml_url: str
-    lml_api_key: str
-    lml_timeout_s: float
-    sentry_dsn: str
-    lml_rate_per_second: float
-    lml_max_concurrent: int
-    lml_live_reserve: float
-    # Calls saved for a burst, shared by every process (the station's client keeps 50).
-    lml_burst: int
-    sidecar_host: str
-    sidecar_port: int
-    freshness_target_s: float
-    # The longest LML `Retry-After` honoured; longer ones are capped (and logged).
-    lml_retry_after_cap_s: float = DEFAULT_LML_RETRY_AFTER_CAP_S
-    # /readyz details (raw errors naming hosts and users) for clients beyond loopback.
-    sidecar_readyz_details: bool = False
+class SidecarSettings(EnvSettings):
+    host: str = Field("127.0.0.1", validation_alias="WX_SIDECAR_HOST")
+    port: int = Field(8686, ge=1, le=65535, validation_alias="WX_SIDECAR_PORT")
+    # /readyz details (raw errors naming hosts and users) for clients beyond loopback too.
+    readyz_details: bool = Field(False, validation_alias="WX_SIDECAR_READYZ_DETAILS")
+    roles: str = Field("", validation_alias="WX_SIDECAR_ROLES")
+    log_level: str = Field("INFO", validation_alias="WX_LOG_LEVEL")
 
-    def __repr__(self) -> str:
-        # Secrets stay out of reprs, which end up in tracebacks and logs.
-        return (
-            f"Settings(database_url={redact_url(self.database_url)!r}, "
-            f"station_schema={self.station_schema!r}, redis_url={redact_url(self.redis_url)!r}, "
-            f"lml_url={self.lml_url!r}, lml_api_key={'***' if self.lml_api_key else ''!r}, "
-            f"sentry_dsn={'***' if self.sentry_dsn else ''!r})"
-        )
+
+class SentrySettings(EnvSettings):
+    dsn: SecretStr = Field(SecretStr(""), validation_alias="SENTRY_DSN")
+    environment: str = Field("production", validation_alias="WX_ENVIRONMENT")
+
+
+class ChecksSettings(EnvSettings):
+    """What the asset checks and reports compare against, and where reports go."""
+
+    freshness_target_s: float = Field(30.0, ge=0.1, validation_alias="WX_FRESHNESS_TARGET_S")
+    report_dir: str = Field("reports", validation_alias="WX_REPORT_DIR")
+
+
+class Settings(BaseModel):
+    """Every component's settings, validated together once per process."""
+
+    model_config = ConfigDict(frozen=True)
+
+    database: DatabaseSettings
+    redis: RedisSettings
+    lml: LmlSettings
+    budget: BudgetSettings
+    enrich: EnrichSettings
+    live: LiveSettings
+    sidecar: SidecarSettings
+    sentry: SentrySettings
+    checks: ChecksSettings
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        reserve = env_float(env, "LML_LIVE_RESERVE", 0.5)
-        if reserve > 1:
-            raise SettingsError(f"LML_LIVE_RESERVE={reserve} must be between 0 and 1")
-        return cls(
-            database_url=env.get("DATABASE_URL", ""),
-            station_schema=validate_schema_name(
-                env.get("WXYC_SCHEMA_NAME", "") or DEFAULT_STATION_SCHEMA
-            ),
-            redis_url=env.get("REDIS_URL", ""),
-            lml_url=normalize_lml_url(env.get("LIBRARY_METADATA_URL", "")),
-            lml_api_key=env.get("LML_API_KEY", ""),
-            lml_timeout_s=env_float(env, "LML_TIMEOUT_S", 10.0, minimum=0.1),
-            sentry_dsn=env.get("SENTRY_DSN", ""),
-            lml_rate_per_second=env_float(env, "LML_RATE_PER_SECOND", 1.0, minimum=0.01),
-            lml_max_concurrent=env_int(env, "LML_MAX_CONCURRENT", 5, minimum=1),
-            lml_live_reserve=reserve,
-            lml_burst=env_int(env, "LML_BURST", DEFAULT_BURST, minimum=1),
-            sidecar_host=env.get("WX_SIDECAR_HOST", "") or "127.0.0.1",
-            sidecar_port=env_int(env, "WX_SIDECAR_PORT", 8686, minimum=1),
-            freshness_target_s=env_float(env, "WX_FRESHNESS_TARGET_S", 30.0, minimum=0.1),
-            lml_retry_after_cap_s=env_float(
-                env, "LML_RETRY_AFTER_CAP_S", DEFAULT_LML_RETRY_AFTER_CAP_S
-            ),
-            sidecar_readyz_details=env.get("WX_SIDECAR_READYZ_DETAILS", "").strip() == "1",
+        settings = cls(
+            database=DatabaseSettings.from_env(env),
+            redis=RedisSettings.from_env(env),
+            lml=LmlSettings.from_env(env),
+            budget=BudgetSettings.from_env(env),
+            enrich=EnrichSettings.from_env(env),
+            live=LiveSettings.from_env(env),
+            sidecar=SidecarSettings.from_env(env),
+            sentry=SentrySettings.from_env(env),
+            checks=ChecksSettings.from_env(env),
         )
+        settings.check_timing()
+        return settings
+
+    def check_timing(self, reclaim_idle_s: float = RECLAIM_IDLE_S) -> None:
+        """The fast path's worst batch fits inside the reclaim idle (`core.timing`)."""
+        try:
+            check_fast_path(
+                max_budget_wait_s=self.enrich.max_budget_wait_s,
+                lml_timeout_s=self.lml.timeout_s,
+                reclaim_idle_s=reclaim_idle_s,
+            )
+        except ClaimTimingError as err:
+            raise SettingsError(str(err)) from None
 
     def require(self, *names: str) -> None:
         """Fail with one message listing every required variable that is unset."""
         fields = {
-            "DATABASE_URL": self.database_url,
-            "REDIS_URL": self.redis_url,
-            "LIBRARY_METADATA_URL": self.lml_url,
+            "DATABASE_URL": self.database.url,
+            "REDIS_URL": self.redis.url,
+            "LIBRARY_METADATA_URL": self.lml.url,
         }
         missing = [name for name in names if not fields.get(name)]
         if missing:
             raise SettingsError(f"required environment variable(s) not set: {', '.join(missing)}")
-
-
-def flowsheet_max_lead_from_env(env: Mapping[str, str] | None = None) -> float:
-    """`WX_FLOWSHEET_MAX_LEAD_S` (default 5): how far ahead of the clock our statements may push
-    the station's `Last-Modified` (`flowsheet_watermark`); 0 turns pacing off."""
-    env = os.environ if env is None else env
-    value = env_float(env, "WX_FLOWSHEET_MAX_LEAD_S", 5.0)
-    if 0 < value < 4:
-        raise SettingsError(
-            f"WX_FLOWSHEET_MAX_LEAD_S={value} leaves no room for a claim: use 0 (off) or >= 4"
-        )
-    return value
-
-
-def report_dir_from_env(env: Mapping[str, str] | None = None) -> str:
-    """`WX_REPORT_DIR` (default `reports`): where `enrichment_report` writes its HTML page."""
-    env = os.environ if env is None else env
-    return env.get("WX_REPORT_DIR") or "reports"

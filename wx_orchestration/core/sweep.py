@@ -4,15 +4,13 @@ A claim older than the lease goes back to `pending`, counted as an attempt. It i
 fault (towards parking) only when its worker is gone: a worker that died on the row. A live one
 that lost its database connection and could not finalize in time is not the row's doing
 (`db.claim_locks` tells the two apart). At `max_attempts` faults the row is parked
-(`failed_no_retry`) with its reason. The lease must outlast the longest LML call a worker may be
-waiting on, or healthy claims would be taken from under their workers.
+(`failed_no_retry`) with its reason. How long the lease must be is `core.timing`'s rule.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-LEASE_MARGIN_S = 10.0
 # Age buckets for pending rows the fast path missed: (label, upper bound in seconds).
 AGE_BUCKETS: tuple[tuple[str, float], ...] = (
     ("under_10m", 600),
@@ -21,20 +19,6 @@ AGE_BUCKETS: tuple[tuple[str, float], ...] = (
     ("1d_to_7d", 7 * 86_400),
     ("over_7d", float("inf")),
 )
-
-
-class LeaseTooShort(ValueError):
-    pass
-
-
-def check_lease(lease_s: float, lml_timeout_s: float, margin_s: float = LEASE_MARGIN_S) -> None:
-    """Refuse a lease that a slow but healthy LML call could outlive."""
-    if lease_s <= lml_timeout_s + margin_s:
-        raise LeaseTooShort(
-            f"lease_s={lease_s:g} must be longer than the LML timeout ({lml_timeout_s:g}s) plus "
-            f"a {margin_s:g}s margin; otherwise the sweep resets claims whose lookup is still "
-            "in flight"
-        )
 
 
 def claim_expiry_is_a_fault(*, worker_alive: bool) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from wx_orchestration.settings import SettingsError, validate_schema_name
+from wx_orchestration.settings import DatabaseSettings, SettingsError, validate_schema_name
 
 log = logging.getLogger("wx_orchestration.db")
 
@@ -29,7 +28,7 @@ OUR_SCHEMA = "wx_orchestration"
 STATION_KIND = "station"
 # The repository's `sql/` next to the package; an installed package (the Docker image) is told
 # where the files are with WX_SQL_DIR.
-DEFAULT_SQL_ROOT = Path(os.environ.get("WX_SQL_DIR") or Path(__file__).resolve().parents[2] / "sql")
+REPOSITORY_SQL_ROOT = Path(__file__).resolve().parents[2] / "sql"
 
 # Fixed, arbitrary key shared by every runner ("wxmigr" in ASCII), so that concurrent runners
 # (several sidecars starting at once, a `wx migrate` during a deploy) apply each file once.
@@ -125,12 +124,12 @@ def migration_status(
 
 
 def _sql_root() -> Path:
-    if not (DEFAULT_SQL_ROOT / "migrations").is_dir():
+    root = Path(DatabaseSettings.from_env().sql_dir or REPOSITORY_SQL_ROOT)
+    if not (root / "migrations").is_dir():
         raise MigrationError(
-            f"no migrations found under {DEFAULT_SQL_ROOT}; set WX_SQL_DIR to the repository's "
-            "sql/ directory"
+            f"no migrations found under {root}; set WX_SQL_DIR to the repository's sql/ directory"
         )
-    return DEFAULT_SQL_ROOT
+    return root
 
 
 def _plan(sql_root: Path, with_station_schema: bool, station_schema: str) -> list[MigrationFile]:

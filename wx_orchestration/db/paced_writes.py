@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from wx_orchestration.core.watermark_lead import LeadPolicy
-from wx_orchestration.settings import flowsheet_max_lead_from_env
+from wx_orchestration.settings import DatabaseSettings
 
 _PACE_LOCK = int.from_bytes(
     hashlib.sha256(b"wx_orchestration:flowsheet writes").digest()[:8], "big", signed=True
@@ -43,7 +43,7 @@ def flowsheet_transaction(
     seconds waited."""
     if not conn.autocommit:
         raise ValueError("flowsheet_transaction needs an autocommit connection")
-    policy = policy or LeadPolicy(max_lead_s=flowsheet_max_lead_from_env())
+    policy = policy or LeadPolicy(max_lead_s=DatabaseSettings.from_env().max_lead_s)
     if policy.max_lead_s <= 0:
         # Unpaced writes (tests, one-off loads) neither wait nor leave debt for paced ones.
         with conn.transaction():

@@ -177,7 +177,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "lml": LmlResource(
             base_url=dg.EnvVar("LIBRARY_METADATA_URL"),
             api_key=_optional_env("LML_API_KEY", ""),
-            retry_after_cap_s=settings.lml_retry_after_cap_s,
+            retry_after_cap_s=settings.lml.retry_after_cap_s,
         ),
         "postgres": PostgresResource(
             database_url=dg.EnvVar("DATABASE_URL"),
@@ -187,9 +187,9 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         # Numbers, not secrets: read once at load so that defaults apply when unset.
         "lml_budget": LmlBudgetResource(
             redis=redis_resource,
-            rate_per_second=settings.lml_rate_per_second,
-            max_concurrent=settings.lml_max_concurrent,
-            live_reserve=settings.lml_live_reserve,
-            burst=settings.lml_burst,
+            rate_per_second=settings.budget.rate_per_second,
+            max_concurrent=settings.budget.max_concurrent,
+            live_reserve=settings.budget.live_reserve,
+            burst=settings.budget.burst,
         ),
     }

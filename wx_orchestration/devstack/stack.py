@@ -143,19 +143,19 @@ class Stack:
         database_url, dagster_url = self._postgres(settings)
         redis_url = self._redis(settings)
         env.update(DATABASE_URL=database_url, REDIS_URL=redis_url)
-        env["WXYC_SCHEMA_NAME"] = settings.station_schema
+        env["WXYC_SCHEMA_NAME"] = settings.database.station_schema
 
         applied = apply_migrations(
             database_url,
-            with_station_schema=not settings.database_url,
-            station_schema=settings.station_schema,
+            with_station_schema=not settings.database.url,
+            station_schema=settings.database.station_schema,
         )
         print(f"migrations: {len(applied)} applied")
         if self.options.demo_data:
-            counts = load_demo_data(database_url, station_schema=settings.station_schema)
+            counts = load_demo_data(database_url, station_schema=settings.database.station_schema)
             print(f"demo data: {counts}" if any(counts.values()) else "demo data: already loaded")
 
-        env["LIBRARY_METADATA_URL"] = settings.lml_url or self._emulator(env)
+        env["LIBRARY_METADATA_URL"] = settings.lml.url or self._emulator(env)
         dagster_home = self._dagster_home(env)
         env.update(DAGSTER_HOME=str(dagster_home), DAGSTER_PG_URL=dagster_url)
         self._dagster(env)
@@ -172,9 +172,9 @@ class Stack:
         write_env_file(self.root, env)
 
     def _postgres(self, settings: Settings) -> tuple[str, str]:
-        if settings.database_url:
-            dagster_url = os.environ.get("DAGSTER_PG_URL") or _dagster_url(settings.database_url)
-            return settings.database_url, dagster_url
+        if settings.database.url:
+            dagster_url = os.environ.get("DAGSTER_PG_URL") or _dagster_url(settings.database.url)
+            return settings.database.url, dagster_url
         server = EmbeddedPostgres(self.root, pid_dir=self.pid_dir)
         admin = server.start()
         self.servers.append(server)
@@ -184,8 +184,8 @@ class Stack:
         return server.url_for("wxyc"), _dagster_url(server.url_for("dagster"))
 
     def _redis(self, settings: Settings) -> str:
-        if settings.redis_url:
-            return settings.redis_url
+        if settings.redis.url:
+            return settings.redis.url
         server = EmbeddedValkey(self.root, pid_dir=self.pid_dir)
         url = server.start()
         self.servers.append(server)

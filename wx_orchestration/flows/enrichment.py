@@ -45,16 +45,13 @@ from wx_orchestration.core.enrichment import (
     results_by_index,
     verdict_for,
 )
+from wx_orchestration.core.timing import BACKLOG_ASK_WINDOW_S
 from wx_orchestration.core.watermark_lead import grown_batch
 from wx_orchestration.db.enrichment import Release, claim_backlog_batch, finalize_rows, release_rows
 from wx_orchestration.db.paced_writes import flowsheet_transaction
 
 log = logging.getLogger("wx_orchestration.enrichment")
 
-# A backlog batch carries several LML calls (three seconds of its lane's budget: our flowsheet
-# statements are paced at about one a second). It starts no call later than this after its
-# claim, so the claim ends within this, one budget wait and one LML call: inside the lease.
-BACKLOG_ASK_WINDOW_S = 4.0
 NOT_ASKED = "not asked: the batch's time to ask LML was up"
 
 

@@ -17,7 +17,7 @@ from wx_orchestration.sidecar.runtime import Sidecar
 log = logging.getLogger("wx_orchestration.sidecar")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(roles: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wx-sidecar",
         description="CDC bridge, stream consumers and health endpoints for wx_orchestration. "
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--roles",
-        default=os.environ.get("WX_SIDECAR_ROLES", ""),
+        default=roles,
         help=f"comma-separated roles among {','.join(ROLE_MODULES)} (default: all)",
     )
     parser.add_argument(
@@ -47,21 +47,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("WX_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         settings = Settings.from_env()
+    except SettingsError as err:
+        print(f"wx-sidecar: {err}", file=sys.stderr)
+        return 2
+    args = _parser(settings.sidecar.roles).parse_args(argv)
+    logging.basicConfig(
+        level=settings.sidecar.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = SidecarConfig(**{f.name: getattr(args, f.name) for f in fields(SidecarConfig)})
+    try:
         roles = parse_roles(args.roles)
-        # The fast path calls LML; other roles don't need it.
+        # Only the fast path calls LML, and holds its entries while it does.
         lml = ("LIBRARY_METADATA_URL",) if "enrich" in roles else ()
         settings.require("DATABASE_URL", "REDIS_URL", *lml)
     except (SettingsError, UnknownRole) as err:
         print(f"wx-sidecar: {err}", file=sys.stderr)
         return 2
-    config = SidecarConfig(**{f.name: getattr(args, f.name) for f in fields(SidecarConfig)})
+    if lml and config.claim_idle_ms != SidecarConfig.claim_idle_ms:
+        # The environment was checked against the default; a shorter flag is a test's choice.
+        try:
+            settings.check_timing(config.claim_idle_ms / 1000)
+        except SettingsError as err:
+            log.warning("--claim-idle-ms: %s", err)
     sidecar = Sidecar(settings, config, roles, args.instance)
     try:
         return 0 if sidecar.run_until_signalled() else 1

@@ -202,8 +202,8 @@ class CdcBridge:
         self.ctx = ctx
         self.config = ctx.config
         self.metrics = ctx.metrics
-        self.url = ctx.settings.database_url
-        self.schema = ctx.settings.station_schema
+        self.url = ctx.settings.database.url
+        self.schema = ctx.settings.database.station_schema
         self.pool = ctx.pool()
         self.redis = ctx.redis()
         self._xadd_all = self.redis.register_script(_XADD_ALL)
@@ -663,7 +663,7 @@ class CdcBridge:
             if "entries-added" not in info:
                 raise RedisTooOld(
                     f"Redis 7 or later is required (XINFO STREAM {CDC_STREAM} has no"
-                    f" entries-added); {redact_url(self.ctx.settings.redis_url)} is older"
+                    f" entries-added); {redact_url(self.ctx.settings.redis.url)} is older"
                 )
             added = int(info["entries-added"])
         expected = self._stream_added

@@ -29,7 +29,6 @@ waits on a call with the stream unread, and more split nothing (they share the q
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -59,6 +58,7 @@ from wx_orchestration.core.enrichment import (
     enrichment_candidate,
 )
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry, effective_action
+from wx_orchestration.core.timing import FAST_PATH_GATHER_S
 from wx_orchestration.core.watermark_lead import LeadPolicy
 from wx_orchestration.db.enrichment import claim_rows_by_ids
 from wx_orchestration.db.paced_writes import room_wait_s
@@ -69,7 +69,7 @@ from wx_orchestration.flows.enrichment import (
     VerdictCache,
     enrich_claimed_reconnecting,
 )
-from wx_orchestration.settings import env_float, env_int, flowsheet_max_lead_from_env
+from wx_orchestration.settings import DatabaseSettings
 from wx_orchestration.sidecar.claims import ClaimLocks
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
@@ -77,20 +77,11 @@ from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
 log = logging.getLogger("wx_orchestration.sidecar.enrich")
 
 LANE = "live"
-DEFAULT_CACHE_TTL_S = 3600.0
-DEFAULT_CONSUMERS = 1
 # Budget waits longer than this are counted as pauses (a 429 pause, an open breaker).
 BUDGET_PATIENCE_S = 2.0
 # How often a caller waiting for the budget asks again when no new play arrives.
 BUDGET_POLL_S = 0.25
-# A play waiting longer than this for the budget is left to the backlog. Its entry is held
-# meanwhile, so this stays below the reclaim idle (`claim_idle_ms`) minus LML_TIMEOUT_S.
-DEFAULT_MAX_BUDGET_WAIT_S = 30.0
 Gather = Callable[[int, int], list[FlowsheetEvent] | None]
-# A sink reads on for waiting calls only this long after its own batch: under a steady stream it
-# would otherwise never finish, and its entries must be acknowledged well before the reclaim
-# idle (60 s): this, plus the budget wait limit, plus an LML call stay below it.
-GATHER_WINDOW_S = 10.0
 # A play waiting this long makes its call count as full (`core.coalescing`).
 FULL_AFTER_S = 10.0
 # The pool's default wait (30 s) would outlast the retries of a cut finalize.
@@ -213,34 +204,30 @@ class EnrichRole:
         client = ctx.redis()
         self.pool: ConnectionPool = ctx.pool()
         self.search_path = sql.SQL("SET search_path TO {}, wx_orchestration").format(
-            sql.Identifier(settings.station_schema)
+            sql.Identifier(settings.database.station_schema)
         )
         self.budget = LmlBudget(
             client,
             BudgetLimits(
-                settings.lml_rate_per_second,
-                settings.lml_max_concurrent,
-                settings.lml_live_reserve,
-                settings.lml_burst,
+                settings.budget.rate_per_second,
+                settings.budget.max_concurrent,
+                settings.budget.live_reserve,
+                settings.budget.burst,
             ),
         )
         # No client-side retries: a retry must queue for the budget like any other call.
         self.lml_client = LmlClient(
-            settings.lml_url,
-            api_key=settings.lml_api_key,
-            total_timeout=settings.lml_timeout_s,
+            settings.lml.url,
+            api_key=settings.lml.api_key.get_secret_value(),
+            total_timeout=settings.lml.timeout_s,
             max_retries=0,
             caller=LIVE_LOOKUPS,
-            retry_after_cap_s=settings.lml_retry_after_cap_s,
+            retry_after_cap_s=settings.lml.retry_after_cap_s,
         )
-        ttl_s = cache_ttl_s or env_float(
-            os.environ, "WX_ENRICH_CACHE_TTL_S", DEFAULT_CACHE_TTL_S, minimum=1
-        )
-        self.max_budget_wait_s = env_float(
-            os.environ, "WX_ENRICH_MAX_BUDGET_WAIT_S", DEFAULT_MAX_BUDGET_WAIT_S, minimum=1
-        )
+        ttl_s = cache_ttl_s or settings.enrich.cache_ttl_s
+        self.max_budget_wait_s = settings.enrich.max_budget_wait_s
         self.cache = LookupCache(client, ttl_s)
-        self.claim_locks = ClaimLocks(settings.database_url)
+        self.claim_locks = ClaimLocks(settings.database.url)
         self.metrics = EnrichMetrics(ctx.metrics.registry)
         self.budget_waits = BudgetWaits(self.budget)
         ctx.metrics.registry.register(self.budget_waits)
@@ -251,9 +238,7 @@ class EnrichRole:
         self._stop = threading.Event()
         # Set while LML refuses our key: every lookup fails until someone fixes it.
         self.refused: str | None = None
-        count = consumers or env_int(
-            os.environ, "WX_ENRICH_CONSUMERS", DEFAULT_CONSUMERS, minimum=1
-        )
+        count = consumers or settings.enrich.consumers
         name = consumer_name or ctx.instance
         self.consumers = [
             self._consumer(ctx, client, name if count == 1 else f"{name}/{n}") for n in range(count)
@@ -339,7 +324,7 @@ class EnrichRole:
         budget) once each of their plays is settled; none if stopping first (they are
         redelivered); raises if a call carrying some of them failed."""
         finished = [event.entry_id for event in events]
-        until = time.monotonic() + GATHER_WINDOW_S
+        until = time.monotonic() + FAST_PATH_GATHER_S
 
         def gather(count: int, block_ms: int) -> list[FlowsheetEvent] | None:
             return more(count, block_ms) if more and time.monotonic() < until else None
@@ -471,7 +456,7 @@ class EnrichRole:
         """How long until our flowsheet writes have room for this call's claim and finalize
         (`db.paced_writes`): waited for, gathering, before the call takes its plays, so a burst
         under pacing is carried by fewer, fuller calls instead of a partial first one."""
-        policy = LeadPolicy(max_lead_s=flowsheet_max_lead_from_env())
+        policy = LeadPolicy(max_lead_s=DatabaseSettings.from_env().max_lead_s)
         if policy.max_lead_s <= 0:
             return 0.0
         with self._connection() as conn:

@@ -108,7 +108,7 @@ class EventLogRole:
         pool = ctx.pool()
         metrics = ctx.metrics
         mark = CompletenessMark(
-            ctx.settings.station_schema,
+            ctx.settings.database.station_schema,
             timedelta(hours=ctx.config.first_start_lookback_h),
             ctx.config.read_count,
         )

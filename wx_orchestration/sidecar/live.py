@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 import types
@@ -81,7 +80,7 @@ from wx_orchestration.core.live import (
     resume_decision,
 )
 from wx_orchestration.db.live import MAX_RECENT, linked_albums, recent_plays
-from wx_orchestration.settings import SettingsError, env_float, env_int
+from wx_orchestration.settings import LiveSettings
 from wx_orchestration.sidecar.consumer import StreamConsumer
 from wx_orchestration.sidecar.metrics import SidecarMetrics
 from wx_orchestration.sidecar.roles import SidecarContext
@@ -134,16 +133,13 @@ class LiveConfig:
     read_block_ms: int = 5_000
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> LiveConfig:
-        origins = env.get("WX_LIVE_CORS_ORIGINS")
+    def of(cls, live: LiveSettings) -> LiveConfig:
         return cls(
-            stream_maxlen=env_int(env, "WX_LIVE_STREAM_MAXLEN", cls.stream_maxlen, minimum=1),
-            max_connections=env_int(env, "WX_LIVE_MAX_CONNECTIONS", cls.max_connections, minimum=1),
-            queue_bytes=env_int(env, "WX_LIVE_QUEUE_BYTES", cls.queue_bytes, minimum=1024),
-            keepalive_s=env_float(env, "WX_LIVE_KEEPALIVE_S", cls.keepalive_s, minimum=0.05),
-            cors_origins=cls.cors_origins
-            if origins is None
-            else tuple(o.strip() for o in origins.split(",") if o.strip()),
+            stream_maxlen=live.stream_maxlen,
+            max_connections=live.max_connections,
+            queue_bytes=live.queue_bytes,
+            keepalive_s=live.keepalive_s,
+            cors_origins=live.cors_origins,
         )
 
 
@@ -751,7 +747,7 @@ class LiveRole:
     def __init__(self, ctx: SidecarContext, config: LiveConfig) -> None:
         self.config = config
         self.pool = ctx.pool()
-        self.schema = ctx.settings.station_schema
+        self.schema = ctx.settings.database.station_schema
         self.redis = ctx.redis()
         self.metrics = LiveMetrics(ctx.metrics)
         projector = LiveProjector(
@@ -768,7 +764,7 @@ class LiveRole:
             metrics=ctx.metrics,
             config=ctx.config,
         )
-        self.hub = LiveHub(ctx.settings.redis_url, self.config, self.metrics)
+        self.hub = LiveHub(ctx.settings.redis.url, self.config, self.metrics)
         logging.getLogger("uvicorn.error").addFilter(_CUT_OFF_FILTER)
         self.page = (STATIC_DIR / "now_playing.html").read_bytes()
         self.script = (STATIC_DIR / "now_playing.js").read_bytes()
@@ -844,8 +840,4 @@ class LiveRole:
 
 
 def build(ctx: SidecarContext) -> LiveRole:
-    try:
-        config = LiveConfig.from_env(os.environ)
-    except SettingsError as err:
-        raise SystemExit(f"wx-sidecar: {err}") from None
-    return LiveRole(ctx, config)
+    return LiveRole(ctx, LiveConfig.of(ctx.settings.live))

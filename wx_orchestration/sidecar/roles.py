@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 from starlette.routing import BaseRoute
 
 from wx_orchestration.clients.redis_client import shared_redis
+from wx_orchestration.core.timing import RECLAIM_IDLE_S
 from wx_orchestration.db.pool import shared_pool
 from wx_orchestration.settings import Settings
 from wx_orchestration.sidecar.metrics import SidecarMetrics
@@ -47,8 +48,8 @@ class SidecarConfig:
     read_count: int = 500
     read_block_ms: int = 1000
     max_deliveries: int = 5
-    # Longer than the fast path's worst batch (WX_ENRICH_MAX_BUDGET_WAIT_S + LML_TIMEOUT_S).
-    claim_idle_ms: int = 60_000
+    # Longer than the fast path's worst batch (`core.timing.check_fast_path`).
+    claim_idle_ms: int = int(RECLAIM_IDLE_S * 1000)
     heartbeat_interval_s: float = 5.0
     shutdown_deadline_s: float = 10.0
 
@@ -67,10 +68,10 @@ class SidecarContext:
         self.routes.extend(routes)
 
     def pool(self) -> ConnectionPool:
-        return shared_pool(self.settings.database_url)
+        return shared_pool(self.settings.database.url)
 
     def redis(self) -> redis.Redis:
-        return shared_redis(self.settings.redis_url)
+        return shared_redis(self.settings.redis.url)
 
 
 class Role(Protocol):

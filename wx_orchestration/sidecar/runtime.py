@@ -68,7 +68,7 @@ class Sidecar:
 
     def start(self, *, serve_http: bool = True) -> None:
         settings = self.ctx.settings
-        init_sentry(settings.sentry_dsn, instance=self.ctx.instance)
+        init_sentry(settings.sentry, instance=self.ctx.instance)
         self.roles = build_roles(self.role_names, self.ctx)
         if serve_http:
             app = build_app(
@@ -80,10 +80,10 @@ class Sidecar:
                     **{role.name: self._readiness(role) for role in self.roles},
                 },
                 extra_routes=self.ctx.routes,
-                readyz_details=settings.sidecar_readyz_details,
+                readyz_details=settings.sidecar.readyz_details,
             )
             # Before any role runs: a sidecar without its port must not lead the bridge.
-            self.http = HttpServer(app, settings.sidecar_host, settings.sidecar_port)
+            self.http = HttpServer(app, settings.sidecar.host, settings.sidecar.port)
             self.http.start()
         for role in self.roles:
             self._spawn(role.name, role.run)

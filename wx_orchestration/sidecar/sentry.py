@@ -9,6 +9,7 @@ from typing import Any
 import sentry_sdk
 
 from wx_orchestration.core.scrub import Scrubber, secrets_from_env
+from wx_orchestration.settings import SentrySettings
 
 log = logging.getLogger("wx_orchestration.sidecar")
 
@@ -19,11 +20,13 @@ def _before_send(event: Any, _hint: Any) -> Any:
     return _scrub(event)
 
 
-def init_sentry(dsn: str, *, instance: str) -> bool:
+def init_sentry(settings: SentrySettings, *, instance: str) -> bool:
+    dsn = settings.dsn.get_secret_value()
     if not dsn:
         return False
     sentry_sdk.init(
         dsn=dsn,
+        environment=settings.environment,
         before_send=_before_send,
         before_breadcrumb=_before_send,
         server_name=instance,

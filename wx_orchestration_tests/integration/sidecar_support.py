@@ -51,13 +51,16 @@ def poll(predicate: Callable[[], Any], *, timeout: float = 15.0, what: str) -> A
         time.sleep(0.02)
 
 
-def settings_for(database_url: str, redis_url: str, port: int = 0) -> Settings:
+def settings_for(
+    database_url: str, redis_url: str, port: int = 0, env: dict[str, str] | None = None
+) -> Settings:
     return Settings.from_env(
         {
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "WXYC_SCHEMA_NAME": STATION_SCHEMA,
             "WX_SIDECAR_PORT": str(port or 1),
+            **(env or {}),
         }
     )
 

@@ -87,14 +87,11 @@ def serving_live(
         "WX_LIVE_CORS_ORIGINS": ORIGIN,
         **(env or {}),
     }
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in settings.items():
-            patch.setenv(name, value)
-        port = free_port()
-        sidecar = Sidecar(
-            settings_for(database_url, redis_url, port), FAST, ("bridge", "live"), "live-test"
-        )
-        sidecar.start()
+    port = free_port()
+    sidecar = Sidecar(
+        settings_for(database_url, redis_url, port, settings), FAST, ("bridge", "live"), "live-test"
+    )
+    sidecar.start()
     base = f"http://127.0.0.1:{port}"
     client = redis.Redis.from_url(redis_url)
     try:

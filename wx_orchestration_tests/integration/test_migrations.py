@@ -11,14 +11,14 @@ import psycopg
 import pytest
 
 from wx_orchestration.db.migrations import (
-    DEFAULT_SQL_ROOT,
+    REPOSITORY_SQL_ROOT,
     MigrationError,
     apply_migrations,
     migration_status,
 )
 
 
-def _all_names(sql_root: Path = DEFAULT_SQL_ROOT) -> list[str]:
+def _all_names(sql_root: Path = REPOSITORY_SQL_ROOT) -> list[str]:
     station = sorted(p.name for p in (sql_root / "station").glob("[0-9]*.sql"))
     ours = sorted(p.name for p in (sql_root / "migrations").glob("[0-9]*.sql"))
     return [f"station/{n}" for n in station] + [f"wx_orchestration/{n}" for n in ours]
@@ -50,7 +50,7 @@ def _tables(url: str, schema: str) -> set[str]:
 def sql_copy(tmp_path: Path) -> Path:
     """A private copy of `sql/` that a test may edit."""
     root = tmp_path / "sql"
-    shutil.copytree(DEFAULT_SQL_ROOT, root)
+    shutil.copytree(REPOSITORY_SQL_ROOT, root)
     return root
 
 

@@ -28,12 +28,13 @@ from wx_orchestration.clients.lookup_cache import KEY_PREFIX, LookupCache
 from wx_orchestration.contracts.cdc import CDC_STREAM, ENRICHMENT_GROUP, StreamAction, StreamEvent
 from wx_orchestration.core.enrichment import LookupKey, Verdict
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
+from wx_orchestration.core.timing import FAST_PATH_GATHER_S
 from wx_orchestration.db.claim_locks import CLAIM_HELD
 from wx_orchestration.db.pool import close_shared_pools
 from wx_orchestration.devstack.lml_emulator import EmulatorHandle
 from wx_orchestration.flows.enrichment import drain_backlog
 from wx_orchestration.settings import Settings
-from wx_orchestration.sidecar.enrich import GATHER_WINDOW_S, EnrichRole
+from wx_orchestration.sidecar.enrich import EnrichRole
 from wx_orchestration.sidecar.metrics import SidecarMetrics
 from wx_orchestration.sidecar.roles import SidecarConfig, SidecarContext
 from wx_orchestration.sidecar.runtime import Sidecar
@@ -587,5 +588,5 @@ def test_a_batch_in_hand_is_not_reclaimed_by_a_sibling(
     assert role.consumers[0].config.read_count <= 100  # one LML call's worth per batch
     # By default, reclaiming waits out the longest such a batch can take.
     defaults = SidecarConfig()
-    longest = GATHER_WINDOW_S + role.max_budget_wait_s + role.lml_client.total_timeout
+    longest = FAST_PATH_GATHER_S + role.max_budget_wait_s + role.lml_client.total_timeout
     assert defaults.claim_idle_ms >= longest * 1000

@@ -65,7 +65,7 @@ def sidecar_with_http(
 ) -> Iterator[tuple[Sidecar, str]]:
     sidecar = Sidecar(settings, FAST, roles, "supervised", restart=restart)
     sidecar.start()
-    base = f"http://127.0.0.1:{settings.sidecar_port}"
+    base = f"http://127.0.0.1:{settings.sidecar.port}"
     try:
         yield sidecar, base
     finally:

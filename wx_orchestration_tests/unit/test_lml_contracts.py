@@ -260,7 +260,7 @@ def test_health_tolerates_missing_fields() -> None:
 def test_lml_url_is_read_as_the_station_reads_it(configured: str) -> None:
     assert normalize_lml_url(configured) == "https://lml.example.org"
     settings = Settings.from_env({"LIBRARY_METADATA_URL": configured})
-    assert settings.lml_url == "https://lml.example.org"
+    assert settings.lml.url == "https://lml.example.org"
 
 
 def test_only_a_trailing_api_prefix_is_dropped() -> None:
@@ -277,8 +277,8 @@ def test_the_live_caller_is_labelled_as_the_stations_enrichment_worker() -> None
 
 
 def test_retry_after_cap_is_configurable() -> None:
-    assert Settings.from_env({}).lml_retry_after_cap_s == 300
-    assert Settings.from_env({"LML_RETRY_AFTER_CAP_S": "30"}).lml_retry_after_cap_s == 30
+    assert Settings.from_env({}).lml.retry_after_cap_s == 300
+    assert Settings.from_env({"LML_RETRY_AFTER_CAP_S": "30"}).lml.retry_after_cap_s == 30
     with pytest.raises(SettingsError, match="LML_RETRY_AFTER_CAP_S"):
         Settings.from_env({"LML_RETRY_AFTER_CAP_S": "-1"})
 

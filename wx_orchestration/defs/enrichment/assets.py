@@ -10,6 +10,7 @@ from pydantic import Field
 from wx_orchestration.clients.lml import LmlError
 from wx_orchestration.clients.lml_budget import wait_until_lml_ready
 from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS
+from wx_orchestration.core.timing import BACKLOG_BUDGET_WAIT_S, FAST_PATH_GRACE_S
 from wx_orchestration.core.watermark_lead import MAX_BACKLOG_BATCH_CALLS, backlog_batch_rows
 from wx_orchestration.defs.enrichment.partitions import FLOWSHEET_DAYS
 from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
@@ -19,10 +20,6 @@ from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, Post
 from wx_orchestration.defs.station.assets import LML_KEY
 from wx_orchestration.defs.tables import outcome_table
 from wx_orchestration.flows.enrichment import drain_backlog
-
-# A backlog run holds its claim while it waits for the budget; past this wait the rows go back
-# to `pending` (not their fault) and the run stops, well before the stale sweep's lease.
-BACKLOG_BUDGET_WAIT_S = 15.0
 
 
 class FlowsheetEnrichmentConfig(NoRetryConfig):
@@ -38,7 +35,7 @@ class FlowsheetEnrichmentConfig(NoRetryConfig):
         default=3000.0, gt=0, description="stop cleanly between batches after this many seconds"
     )
     grace_period_s: float = Field(
-        default=120.0,
+        default=FAST_PATH_GRACE_S,
         ge=0,
         description="leave rows younger than this to the sidecar's fast path",
     )

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from wx_orchestration.core.coverage import CoverageCursor, days_to_record, pass_window
+from wx_orchestration.core.timing import FAST_PATH_GRACE_S
 from wx_orchestration.db.coverage import DayCoverage, day_coverage
 from wx_orchestration.db.enrichment import pending_days
 from wx_orchestration.defs.enrichment.jobs import enrichment_backlog_job
@@ -31,7 +32,6 @@ from wx_orchestration.defs.resources import PostgresResource
 
 FLOWSHEET_ENRICHMENT_KEY = dg.AssetKey("flowsheet_enrichment")
 
-GRACE_PERIOD_S = 120.0
 MAX_RUNS_PER_TICK = 3
 REQUEST_COOLDOWN_S = 15 * 60.0
 # Days looked at per tick: enough to find MAX_RUNS_PER_TICK not cooling down.
@@ -71,7 +71,7 @@ class BacklogCursor:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Requests enrichment_backlog_job for the newest days with pending track rows older "
-        f"than {GRACE_PERIOD_S:.0f} s (the fast path goes first), at most "
+        f"than {FAST_PATH_GRACE_S:.0f} s (the fast path goes first), at most "
         f"{MAX_RUNS_PER_TICK} per tick."
     ),
 )
@@ -84,9 +84,11 @@ def enrichment_backlog_sensor(
     with postgres.connection() as conn:
         # Never let a tick hang on a huge backlog or a lock: the next tick tries again.
         conn.execute("SET LOCAL statement_timeout = '10s'")
-        days = pending_days(conn, tz=STATION_TIMEZONE, grace_s=GRACE_PERIOD_S, limit=DAYS_SCANNED)
+        days = pending_days(
+            conn, tz=STATION_TIMEZONE, grace_s=FAST_PATH_GRACE_S, limit=DAYS_SCANNED
+        )
     if not days:
-        return dg.SkipReason(f"no pending track rows older than {GRACE_PERIOD_S:.0f} s")
+        return dg.SkipReason(f"no pending track rows older than {FAST_PATH_GRACE_S:.0f} s")
 
     requests: list[dg.RunRequest] = []
     for pending in days:

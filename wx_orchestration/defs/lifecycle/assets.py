@@ -38,7 +38,7 @@ from wx_orchestration.flows.lifecycle import (
     reask_no_matches,
     upgrade_links,
 )
-from wx_orchestration.settings import report_dir_from_env
+from wx_orchestration.settings import ChecksSettings
 
 DAY_S = 86400.0
 # The schedule launches both passes every two hours: 12 runs a day, so that housekeeping stays
@@ -213,7 +213,7 @@ class ReportConfig(NoRetryConfig):
     top_artists: int = Field(default=25, ge=1, le=500, description="unmatched artists listed")
     ttl_days: float = Field(default=30.0, gt=0, description="the re-ask's TTL, for its states")
     output_dir: str = Field(
-        default_factory=report_dir_from_env,
+        default_factory=lambda: ChecksSettings.from_env().report_dir,
         description="where the HTML report and its chart are written (env WX_REPORT_DIR)",
     )
 

@@ -21,6 +21,7 @@ from dagster_shared.record import copy
 from sentry_sdk.integrations.logging import ignore_logger
 
 from wx_orchestration.core.scrub import Scrubber, secrets_from_env
+from wx_orchestration.settings import SentrySettings
 
 _initialised = False
 JobT = TypeVar("JobT")
@@ -29,7 +30,8 @@ JobT = TypeVar("JobT")
 def init_sentry(env: dict[str, str] | None = None) -> bool:
     global _initialised
     env = dict(os.environ) if env is None else env
-    dsn = env.get("SENTRY_DSN", "")
+    settings = SentrySettings.from_env(env)
+    dsn = settings.dsn.get_secret_value()
     if not dsn or _initialised:
         return _initialised
     scrub = Scrubber(secrets_from_env(env))
@@ -37,7 +39,7 @@ def init_sentry(env: dict[str, str] | None = None) -> bool:
         dsn=dsn,
         before_send=lambda event, _hint: scrub(event),
         before_breadcrumb=lambda crumb, _hint: scrub(crumb),
-        environment=env.get("WX_ENVIRONMENT", "production"),
+        environment=settings.environment,
     )
     sentry_sdk.set_tag("component", "dagster")
     # Dagster logs every step failure itself; Sentry would report each one twice.

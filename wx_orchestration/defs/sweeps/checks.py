@@ -10,6 +10,7 @@ import dagster as dg
 
 from wx_orchestration.clients.redis_client import stream_groups
 from wx_orchestration.contracts.cdc import CDC_STREAM
+from wx_orchestration.core.timing import SWEEP_INTERVAL_S
 from wx_orchestration.core.watermark_lead import MAX_LEAD_S
 from wx_orchestration.db.enrichment import CLAIMABLE
 from wx_orchestration.db.paced_writes import watermark_leads
@@ -18,8 +19,7 @@ from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
 from wx_orchestration.defs.observability.sentry import with_sentry
 from wx_orchestration.defs.resources import PostgresResource, RedisResource
 from wx_orchestration.defs.sweeps.jobs import FLOWSHEET_ENRICHMENT, StaleSweepConfig
-from wx_orchestration.defs.sweeps.schedules import SWEEP_INTERVAL_S
-from wx_orchestration.settings import Settings, flowsheet_max_lead_from_env
+from wx_orchestration.settings import ChecksSettings, DatabaseSettings
 
 PENDING_WARN_S = 600
 PENDING_ERROR_S = 3600
@@ -108,7 +108,7 @@ def stranded_claims(postgres: PostgresResource) -> dg.AssetCheckResult:
     ),
 )
 def enrichment_freshness(postgres: PostgresResource) -> dg.AssetCheckResult:
-    target = Settings.from_env().freshness_target_s
+    target = ChecksSettings.from_env().freshness_target_s
     with postgres.connection() as conn:
         row = conn.execute(_FRESHNESS).fetchone()
     rows, waiting, p50, p95 = (
@@ -174,7 +174,7 @@ def stream_lag(redis: RedisResource) -> dg.AssetCheckResult:
 def watermark_lead(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connection() as conn:
         station, ours = watermark_leads(conn, postgres.schema)
-    bound = flowsheet_max_lead_from_env() or MAX_LEAD_S
+    bound = DatabaseSettings.from_env().max_lead_s or MAX_LEAD_S
     ours_ok = ours <= bound
     return dg.AssetCheckResult(
         passed=ours_ok and station <= bound,

@@ -1,34 +1,39 @@
-"""`stale_sweep_job` (every minute) and `requeue_parked_job` (by hand)."""
+"""`stale_sweep_job` (every 20 minutes) and `requeue_parked_job` (by hand)."""
 
 import dagster as dg
 from pydantic import Field
 
 from wx_orchestration.core.enrichment import RetryPolicy
-from wx_orchestration.core.sweep import LeaseTooShort, check_lease
+from wx_orchestration.core.timing import (
+    CLAIM_LEASE_S,
+    FAST_PATH_GRACE_S,
+    ClaimTimingError,
+    check_lease,
+)
 from wx_orchestration.db.sweeps import (
     count_missed_pending,
     expire_stale_claims,
     parked_rows,
     requeue,
 )
-from wx_orchestration.defs.enrichment.assets import BACKLOG_BUDGET_WAIT_S
 from wx_orchestration.defs.observability.sentry import with_sentry
 from wx_orchestration.defs.resources import LmlResource, PostgresResource
 from wx_orchestration.defs.tables import table
-from wx_orchestration.flows.enrichment import BACKLOG_ASK_WINDOW_S
 
 FLOWSHEET_ENRICHMENT = dg.AssetKey("flowsheet_enrichment")
 
 
 class StaleSweepConfig(dg.Config):
     lease_s: float = Field(
-        default=60.0, gt=0, description="a claim older than this is presumed abandoned"
+        default=CLAIM_LEASE_S, gt=0, description="a claim older than this is presumed abandoned"
     )
     max_attempts: int = Field(default=5, ge=1, description="park a row after this many failures")
     backoff_base_s: float = Field(default=60.0, gt=0, description="first retry waits up to this")
     backoff_cap_s: float = Field(default=6 * 3600.0, gt=0, description="no retry waits longer")
     grace_period_s: float = Field(
-        default=120.0, ge=0, description="pending rows younger than this are the fast path's"
+        default=FAST_PATH_GRACE_S,
+        ge=0,
+        description="pending rows younger than this are the fast path's",
     )
 
 
@@ -45,12 +50,8 @@ def sweep_stale_claims(
     lml: LmlResource,
 ) -> None:
     try:
-        # A backlog batch starts LML calls for up to BACKLOG_ASK_WINDOW_S after its claim; the
-        # last one may wait for the budget and take the client's whole timeout.
-        check_lease(
-            config.lease_s, BACKLOG_ASK_WINDOW_S + lml.total_timeout_s + BACKLOG_BUDGET_WAIT_S
-        )
-    except LeaseTooShort as exc:
+        check_lease(config.lease_s, lml.total_timeout_s)
+    except ClaimTimingError as exc:
         raise dg.Failure(description=str(exc)) from None
     policy = RetryPolicy(
         base_s=config.backoff_base_s, cap_s=config.backoff_cap_s, max_attempts=config.max_attempts
