@@ -2,27 +2,10 @@
 
 NOTIFY is only a wake-up. What makes the bridge lossless is the watermark: the newest
 (`updated_at`, `id`) it has written to the stream, saved in `wx_orchestration.cdc_watermark`
-only after the XADD succeeded. After every (re)connect it LISTENs first and then scans rows
-changed since the watermark minus an overlap — `updated_at` is the transaction *start*, so a
-transaction committing now can carry a timestamp older than rows already bridged — and writes
-them as CATCHUP events. Whatever arrives both ways is one event downstream (same event key).
-
-The stream itself can be lost: Redis restarted empty (or from an older snapshot), the stream
-deleted or the database flushed. Entries a group had not finished — read but not yet written
-and acknowledged, or not read at all — went with it, and they may be far older than the
-watermark. The bridge knows how many entries the stream has had added at least (`entries-added`
-of XINFO STREAM, Redis 7: as last seen plus its own XADDs) and saves that with the watermark, so
-a bridge starting after the loss knows it too. When the stream reports fewer, or is missing or
-empty at a first look while a watermark exists, the next catch-up reaches back to the oldest
-consumer mark (`wx_orchestration.cdc_consumer_marks`: every row before it has its current
-version in that group's table; the event log keeps one) minus the overlap. Never further than
-the first-start lookback, though: a mark stuck on a row that will never be logged (or left by a
-retired group; marks that have not moved within the lookback are ignored) would otherwise have
-the replay push more rows through a stream capped at `stream_maxlen` than it holds, trimming
-entries before anyone reads them. Without a mark, the replay starts at that lookback too. A row
-changed several times meanwhile is replayed as it is now: versions that existed only in the lost
-stream cannot be read back. A group deleted on its own needs no replay: its consumers recreate
-it at the start of the stream and read it all again.
+only after the XADD succeeded. After every (re)connect it LISTENs first and then scans the
+rows changed meanwhile, writing them as CATCHUP events. Whatever arrives both ways is one event
+downstream (same event key). Where a scan starts, and when it replays what a lost stream took
+with it, are rules of their own: `core/replay_plan.py`.
 
 One bridge is active at a time: it holds a session advisory lock on a connection of its own,
 which also sends the liveness pings its LISTEN connection must echo. If the process dies, the
@@ -65,6 +48,7 @@ from wx_orchestration.contracts.cdc import (
 from wx_orchestration.core.change_hints import ChangeHint, events_from_hints, hinted_row_ids
 from wx_orchestration.core.events import fit_entry, row_cursor
 from wx_orchestration.core.outage import Outage
+from wx_orchestration.core.replay_plan import GroupMark, plan_catch_up, stream_lost
 from wx_orchestration.db.events import (
     DeadLetter,
     Watermark,
@@ -539,38 +523,51 @@ class CdcBridge:
         with self.pool.connection() as conn:
             saved = load_watermark(conn, self.watermark_name)
             db_now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        lookback = timedelta(hours=self.config.first_start_lookback_h)
-        if saved is not None and saved.updated_at > db_now:
-            # Saved by a version that trusted a notification's text; nothing real is that new.
+            marks = consumer_marks(conn, self.watermark_name) if self._replay_due else []
+        floor = self._catchup_floor
+        plan = plan_catch_up(
+            saved=None if saved is None else saved.updated_at,
+            db_now=db_now,
+            now=datetime.now(UTC),
+            lookback=timedelta(hours=self.config.first_start_lookback_h),
+            overlap=timedelta(seconds=self.config.catchup_overlap_s),
+            floor=None if floor is None else floor.updated_at,
+            replay_due=self._replay_due,
+            marks=[GroupMark(m.group, m.position.updated_at, m.saved_at) for m in marks],
+        )
+        if saved is not None and plan.saved_ahead_of_clock:
             log.warning(
                 "the saved CDC watermark (%s) is ahead of the database clock; catching up over"
                 " the first-start lookback instead",
                 saved.updated_at.isoformat(),
             )
-            saved = None
-            start = Watermark(db_now - lookback, 0)
-        elif saved is None:
-            start = Watermark(datetime.now(UTC) - lookback, 0)
-        else:
-            if self._watermark is None or saved > self._watermark:
-                self._watermark = saved
-            overlap = timedelta(seconds=self.config.catchup_overlap_s)
-            start = Watermark(saved.updated_at - overlap, 0)
-        if self._catchup_floor is not None and self._catchup_floor < start:
-            start = Watermark(self._catchup_floor.updated_at, 0)
-        replay = self._replay_due and saved is not None
-        if replay:
-            start = min(start, self._replay_start())
+        elif saved is not None and (self._watermark is None or saved > self._watermark):
+            self._watermark = saved
+        if plan.stale_groups:
+            log.warning(
+                "ignoring the mark of %s: not moved since before %s",
+                ", ".join(plan.stale_groups),
+                plan.lookback_from.isoformat(),
+            )
+        if plan.cut_mark is not None:
+            log.warning(
+                "the %s group's mark (%s) is older than the first-start lookback: replaying"
+                " from %s only; its unfinished rows before then are not replayed",
+                plan.cut_mark.group,
+                plan.cut_mark.position_at.isoformat(),
+                plan.lookback_from.isoformat(),
+            )
+        if plan.replay:
             log.warning(
                 "%s lost entries (redis restarted empty, or the stream was deleted); replaying"
                 " from %s what its consumers may not have finished",
                 CDC_STREAM,
-                start.updated_at.isoformat(),
+                plan.start.isoformat(),
             )
         self._scan = _CatchUpScan(
             self.url,
             self.schema,
-            start,
+            Watermark(plan.start, 0),
             replay=self._replay_due,
             page_size=self.config.catchup_page,
         )
@@ -620,35 +617,6 @@ class CdcBridge:
         self._catchup_due = True
         self._replay_due = self._replay_due or scan.replay
 
-    def _replay_start(self) -> Watermark:
-        bound = datetime.now(UTC) - timedelta(hours=self.config.first_start_lookback_h)
-        with self.pool.connection() as conn:
-            marks = consumer_marks(conn, self.watermark_name)
-        stale = [m.group for m in marks if m.saved_at < bound]
-        if stale:
-            log.warning(
-                "ignoring the mark of %s: not moved since before %s",
-                ", ".join(stale),
-                bound.isoformat(),
-            )
-        live = [m for m in marks if m.saved_at >= bound]
-        if not live:
-            return Watermark(bound, 0)
-        oldest = live[0]
-        # The mark passed rows that were committed; one whose transaction began before it
-        # and committed after carries an older `updated_at`, as in any catch-up.
-        start = oldest.position.updated_at - timedelta(seconds=self.config.catchup_overlap_s)
-        if start < bound:
-            log.warning(
-                "the %s group's mark (%s) is older than the first-start lookback: replaying"
-                " from %s only; its unfinished rows before then are not replayed",
-                oldest.group,
-                oldest.position.updated_at.isoformat(),
-                bound.isoformat(),
-            )
-            return Watermark(bound, 0)
-        return Watermark(start, 0)
-
     def _check_stream(self) -> None:
         """Arrange a replay if `wx:cdc` added fewer entries than it had (it was lost)."""
         try:
@@ -666,10 +634,7 @@ class CdcBridge:
                     f" entries-added); {redact_url(self.ctx.settings.redis.url)} is older"
                 )
             added = int(info["entries-added"])
-        expected = self._stream_added
-        # With nothing saved, a first look can still tell a missing or empty stream; whether
-        # anything was bridged into it, the catch-up checks (a watermark).
-        if (expected is not None and added < expected) or (self._first_look and added == 0):
+        if stream_lost(self._stream_added, added, first_look=self._first_look):
             self._replay_due = True
             self._catchup_due = True
         self._first_look = False
