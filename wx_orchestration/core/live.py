@@ -2,7 +2,7 @@
 
 Which flowsheet events become live events, what a listener sees of a row, how a reconnecting
 client's `Last-Event-ID` is answered, and how a client merges events into the list it holds.
-The projector (`sidecar/live.py`) and the snapshot query (`db/live.py`) both go through
+The projector (`sidecar/live/projector.py`) and the snapshot query (`db/live.py`) both go through
 `project_row`, so the list and the events that follow it carry the same columns in the same
 shape.
 """
@@ -151,6 +151,18 @@ def parse_entry_id(text: str | None) -> EntryId | None:
         return None
     millis, seq = int(match[1]), int(match[2])
     return (millis, seq) if millis <= _MAX_U64 and seq <= _MAX_U64 else None
+
+
+def entry_text(entry_id: EntryId) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+def sse_chunk(entry_id: bytes | str, frame: bytes | str) -> bytes:
+    """One Server-Sent Event: the stream entry id as its `id:`, a frame's JSON as its `data:`."""
+    return b"id: %s\ndata: %s\n\n" % (
+        entry_id if isinstance(entry_id, bytes) else entry_id.encode(),
+        frame if isinstance(frame, bytes) else frame.encode(),
+    )
 
 
 @dataclass(frozen=True)

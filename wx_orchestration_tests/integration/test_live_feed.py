@@ -38,7 +38,8 @@ from wx_orchestration.core.live import frame_applies, parse_entry_id
 from wx_orchestration.db.live import recent_plays
 from wx_orchestration.devstack.processes import free_port
 from wx_orchestration.devstack.station_rows import insert_library
-from wx_orchestration.sidecar.live import LiveMetrics, LiveProjector
+from wx_orchestration.sidecar.live.metrics import LiveMetrics
+from wx_orchestration.sidecar.live.projector import LiveProjector
 from wx_orchestration.sidecar.metrics import SidecarMetrics
 from wx_orchestration.sidecar.runtime import Sidecar
 from wx_orchestration_tests.integration.sidecar_support import (

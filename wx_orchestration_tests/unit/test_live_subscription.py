@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import Message
 
-from wx_orchestration.sidecar.live import Subscription
+from wx_orchestration.sidecar.live.fanout import Subscription
 
 
 def subscription() -> Subscription:
