@@ -143,3 +143,24 @@ def test_enrich_role_without_lml_url_is_refused_clearly() -> None:
     assert done.returncode == 2
     assert "LIBRARY_METADATA_URL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_start_that_breaks_the_claim_timing_rule_is_refused_in_one_line() -> None:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL="postgresql://wx:pw-never-shown@127.0.0.1:1/x",
+        REDIS_URL="redis://127.0.0.1:1/0",
+        LIBRARY_METADATA_URL="http://127.0.0.1:1",
+        LML_API_KEY="key-never-shown",
+        WX_ENRICH_MAX_BUDGET_WAIT_S="50",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "wx_orchestration.sidecar", "--roles", "enrich"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("wx-sidecar: the reclaim idle (60 s) must be longer than")
+    assert "WX_ENRICH_MAX_BUDGET_WAIT_S (50 s)" in lines[0]
+    assert "never-shown" not in done.stderr
