@@ -259,6 +259,12 @@ def _flowsheet_rows(
             if play % 8 == 7:
                 log.add("talkset", 2, message="Talkset")
                 log.add("breakpoint", 0.5, message="Station ID")
+            if play == 12:
+                # DJs log empty or whitespace artists; these must never be sent to LML. Mid-show,
+                # so the demo page's newest play is a real one.
+                log.add(
+                    "track", 1, artist_name="   ", track_title="Unknown", metadata_status="pending"
+                )
             if rng.random() < 0.6:
                 album_id, artist, album = rng.choice(library)
             else:
@@ -276,8 +282,6 @@ def _flowsheet_rows(
                 segue=rng.random() < 0.2,
                 metadata_status=status,
             )
-        # DJs log empty or whitespace artists; these must never be sent to LML.
-        log.add("track", 1, artist_name="   ", track_title="Unknown", metadata_status="pending")
         log.add("message", 1, message="Thanks for listening — 89.3 FM")
         log.add("dj_leave", 0.2, message=f"{dj} left")
         log.add("show_end", 0.1, message=f"End of {name}")

@@ -24,6 +24,13 @@ def test_demo_data_loads_production_shaped_rows_in_few_statements(
             " (SELECT count(*) FROM artists WHERE code_letters <> '' AND alphabetical_name <> ''),"
             " (SELECT count(*) FROM shows)"
         ).fetchone()
+        newest_track = conn.execute(
+            "SELECT artist_name FROM flowsheet WHERE entry_type = 'track'"
+            " ORDER BY play_order DESC LIMIT 1"
+        ).fetchone()
+        blank_artists = conn.execute(
+            "SELECT count(*) FROM flowsheet WHERE entry_type = 'track' AND btrim(artist_name) = ''"
+        ).fetchone()
         lead = conn.execute(
             "SELECT extract(epoch FROM last_modified_at - clock_timestamp())"
             " FROM flowsheet_watermark"
@@ -34,6 +41,9 @@ def test_demo_data_loads_production_shaped_rows_in_few_statements(
     assert flowsheet > 100
     assert artists > 10
     assert shows > 0
+    # The demo page's top card is a real play; the blank artists LML must never see are mid-show.
+    assert newest_track is not None and newest_track[0].strip()
+    assert blank_artists is not None and blank_artists[0] > 0
     # All the plays in one statement: the station's Last-Modified moved once, not per play.
     assert lead is not None
     assert float(lead[0]) < 3
