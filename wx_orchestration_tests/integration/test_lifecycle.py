@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from wx_orchestration.clients.lml import LmlClient
@@ -239,11 +240,11 @@ def add_matched_album(conn: psycopg.Connection, artist: str, title: str, **colum
         "updated_at": datetime.now(UTC) - timedelta(days=1),
         **columns,
     }
-    conn.execute(
-        f"INSERT INTO album_metadata ({', '.join(values)})"
-        f" VALUES ({', '.join(['%s'] * len(values))})",
-        list(values.values()),
+    statement = sql.SQL("INSERT INTO album_metadata ({}) VALUES ({})").format(
+        sql.SQL(", ").join(map(sql.Identifier, values)),
+        sql.SQL(", ").join(sql.Placeholder() * len(values)),
     )
+    conn.execute(statement, list(values.values()))
     return album_id
 
 
