@@ -296,8 +296,9 @@ def reask_streaming(
 
     A definitive answer spends the album's attempt and writes, service by service, only what
     LML positively said (`core.lifecycle.streaming_changes`); a verified link is never touched.
-    Anything else writes nothing and spends nothing: the album stays due. `matched` counts
-    albums LML matched, `stamped` attempts spent, `upgraded` albums that gained a verified link.
+    Anything else writes nothing and spends nothing: the album stays due. `matched` and
+    `stamped` count attempts spent on a match and on a no-match, `upgraded` albums that gained
+    a verified link.
     Only `album_metadata` is written: the live feed carries flowsheet changes, so listeners see
     the new links with the album's next play or snapshot."""
     outcome = LifecycleOutcome()
@@ -312,17 +313,20 @@ def reask_streaming(
         answers, failed = _verdicts(lml, keys, len(albums), around_call, stats, outcome)
         by_id = {album.album_id: album for album in albums}
         changes: dict[int, dict[str, str]] = {}
+        matched: set[int] = set()
         for album_id, (key, verdict) in answers.items():
             found = streaming_changes(by_id[album_id].streaming, verdict, key)
             if found is None:
                 outcome.not_a_verdict += 1
                 continue
             changes[album_id] = found
-            outcome.matched += verdict.kind == "match"
+            if verdict.kind == "match":
+                matched.add(album_id)
 
         def write() -> None:
             written = write_streaming_answers(conn, albums, changes)
-            outcome.stamped += len(written)
+            outcome.matched += len(written & matched)
+            outcome.stamped += len(written - matched)
             outcome.raced += len(changes) - len(written)
             for album_id in written:
                 columns = changes[album_id]

@@ -211,13 +211,16 @@ def test_a_re_asked_match_reaches_the_live_feed_as_an_update(
 LIBRARIAN_LINK = "https://open.spotify.com/album/0000000000verifiedbyhand"
 
 
-def emulated_albums(**verdicts: str) -> Iterator[tuple[str, str]]:
-    """(artist, title) of albums the emulator matches, asked as the streaming re-ask asks (no
-    track), with these streaming verdicts."""
+def emulated_albums(matches: bool = True, **verdicts: str) -> Iterator[tuple[str, str]]:
+    """(artist, title) of albums the emulator matches (or not), asked as the streaming re-ask
+    asks (no track), with these streaming verdicts."""
     for n in itertools.count():
         artist, title = f"Streaming Artist {n}", f"Streaming Album {n}"
         answer = emulated_lookup(lookup_item(LookupKey(artist, title, None)))
-        if not answer["results"]:
+        if bool(answer["results"]) != matches:
+            continue
+        if not matches:
+            yield artist, title
             continue
         status = answer["results"][0]["artwork"]["streaming_status"]
         if all(status[service] == verdict for service, verdict in verdicts.items()):
@@ -274,7 +277,7 @@ def test_an_unresolved_verdict_lml_now_answers_is_written_and_a_verified_link_ne
     before = album(conn, healed)
 
     outcome = reask_albums(conn, lml_client)
-    assert (outcome.read, outcome.matched, outcome.stamped, outcome.not_a_verdict) == (2, 2, 2, 0)
+    assert (outcome.read, outcome.matched, outcome.stamped, outcome.not_a_verdict) == (2, 2, 0, 0)
     assert outcome.upgraded == 2
     assert outcome.stopped == "pass_done"
     after = album(conn, healed)
@@ -338,7 +341,7 @@ def test_only_unresolved_matched_albums_under_the_cap_are_asked(
         again = reask_albums(conn, lml_client)
         attempts = min(attempt, STREAMING_REASK_ATTEMPT_CAP)
         assert album(conn, asked)["streaming_reask_attempts"] == attempts
-        assert again.read == int(attempt <= STREAMING_REASK_ATTEMPT_CAP)
+        assert again.matched == again.read == int(attempt <= STREAMING_REASK_ATTEMPT_CAP)
     assert album(conn, asked)["apple_music_status"] == "unresolved"
     assert album(conn, asked)["spotify_status"] == "verified"
 
@@ -362,6 +365,13 @@ def test_a_transient_streaming_answer_writes_and_spends_nothing(
     assert load_cursor(conn, STREAMING_REASK).at_top
 
     lml_emulator.reset()
+    no_match = add_matched_album(conn, *next(emulated_albums(matches=False)))
+    unmatched_before = album(conn, no_match)
     answered = reask_albums(conn, lml_client)
-    assert answered.stamped == 1
+    assert (answered.matched, answered.stamped) == (1, 1)
     assert album(conn, album_id)["spotify_status"] == "verified"
+    # A no-match is an answer: it spends the attempt and writes nothing else.
+    unmatched = album(conn, no_match)
+    assert unmatched["streaming_reask_attempts"] == 1
+    streaming = ("spotify_status", "spotify_url", "apple_music_status", "bandcamp_url")
+    assert [unmatched[c] for c in streaming] == [unmatched_before[c] for c in streaming]

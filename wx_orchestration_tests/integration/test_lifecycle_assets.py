@@ -186,7 +186,7 @@ def test_streaming_reask_materializes_with_counts_and_its_check(
     metadata = materialization_metadata(result)
     outcomes = metadata["outcomes"]
     assert isinstance(outcomes, dict)
-    assert (outcomes["read"], outcomes["stamped"], outcomes["upgraded"]) == (1, 1, 1)
+    assert (outcomes["read"], outcomes["matched"], outcomes["upgraded"]) == (1, 1, 1)
     written = metadata["written"]
     assert isinstance(written, dict)
     assert written["spotify_status=verified"] == 1
