@@ -17,6 +17,7 @@ from wx_orchestration.defs.lifecycle.assets import (
     enrichment_report,
     link_upgrade,
     no_match_reask,
+    streaming_reask,
 )
 from wx_orchestration.defs.lifecycle.checks import LIFECYCLE_CHECKS
 from wx_orchestration.defs.lifecycle.jobs import (
@@ -67,6 +68,7 @@ defs = dg.Definitions(
         lml_budget,
         no_match_reask,
         link_upgrade,
+        streaming_reask,
         enrichment_report,
     ],
     asset_checks=[*HEALTH_CHECKS, *LIFECYCLE_CHECKS],

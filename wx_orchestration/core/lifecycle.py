@@ -1,5 +1,5 @@
-"""What comes after a verdict (issue #18): re-asking no-matches, upgrading search links, cohorts.
-Pure: no I/O, no Dagster.
+"""What comes after a verdict (issue #18): re-asking no-matches, upgrading search links,
+re-asking unresolved streaming verdicts, cohorts. Pure: no I/O, no Dagster.
 
 A recurring pass walks its cohort newest play first, (add_time, id) descending, from a saved
 cursor. Every run resumes below the last row the previous run read, whatever that row's answer
@@ -16,11 +16,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, LiteralString
 
+from wx_orchestration.core.album_record import guarded_streaming, incoming_status
 from wx_orchestration.core.enrichment import (
+    LookupKey,
     Verdict,
     is_search_placeholder,
     match_columns,
+    search_columns,
 )
+from wx_orchestration.core.streaming_urls import GUARDS
 
 ReaskAction = Literal["match", "stamp", "leave"]
 
@@ -39,7 +43,8 @@ def reask_action(verdict: Verdict) -> ReaskAction:
 @dataclass(frozen=True)
 class PassCursor:
     """Where a pass stands: below (`add_time`, `flowsheet_id`), or at the top when both are
-    None."""
+    None. The streaming re-ask walks albums: its cursor holds an album's (`updated_at`,
+    `album_id`) in those two fields."""
 
     add_time: datetime | None = None
     flowsheet_id: int | None = None
@@ -111,8 +116,74 @@ def upgraded_links(current: Mapping[str, str | None], verdict: Verdict) -> dict[
     return upgrades
 
 
+# --- streaming re-ask ------------------------------------------------------------------------
+#
+# The station's worker (`apps/enrichment-worker/streaming-reask.ts`, BS#1915) re-asks LML about
+# every matched album (`artwork_url` or `discogs_url` set, the library row has an artist) that
+# still holds an `unresolved` Spotify, Apple Music or Bandcamp verdict, or the frozen Bandcamp
+# shape (no verdict, a `bandcamp.com/search` link), while `streaming_reask_attempts` is under
+# the cap. It asks by the library's artist and title with no track. A definitive answer spends
+# one attempt and bumps `updated_at`; an answer that is no answer (a shed, a degraded search,
+# a failed call) spends nothing. Its spacing is its hourly tick; ours is the same `updated_at`
+# it bumps, so one album is asked at most once per `retry_after`.
+
+STREAMING_REASK_ATTEMPT_CAP = 3
+# The album record's services with a verdict, spelt out as literals: SQL is composed from them.
+STREAMING_SERVICES: tuple[LiteralString, ...] = ("spotify", "apple_music", "bandcamp")
+
+
+def streaming_reask_key(artist_name: object, album_title: object) -> LookupKey | None:
+    """What the re-ask asks about an album: no track, as the station's sweep asks."""
+    return LookupKey.of(artist_name, album_title, None)
+
+
+def streaming_changes(
+    current: Mapping[str, str | None], verdict: Verdict, key: LookupKey
+) -> dict[str, str] | None:
+    """The streaming columns one album's answer changes, or None when the answer is not one:
+    then nothing is written and no attempt is spent. An empty dict still spends the attempt
+    (a no-match, or a match that settles nothing).
+
+    Per service, only what LML positively said is written: a verified field is never touched;
+    a verified verdict with a link the guard keeps replaces the link; `absent` yields only to
+    `verified`; an `absent` or `unresolved` verdict changes the status and at most fills a
+    missing Spotify or Bandcamp link with its search link, never replacing a link.
+    """
+    if verdict.kind == "no_match":
+        return {}
+    if verdict.kind != "match" or verdict.artwork is None:
+        return None
+    links, verdicts = guarded_streaming(verdict.artwork, GUARDS)
+    search = search_columns(key)
+    changes: dict[str, str] = {}
+    for service in STREAMING_SERVICES:
+        status_column, url_column = f"{service}_status", f"{service}_url"
+        held = current.get(status_column)
+        link = links[url_column]
+        if is_search_placeholder(url_column, link):
+            link = None  # a search page is what a service without a verdict gets, not a verdict
+        incoming = incoming_status(verdicts[service], link)
+        if held == "verified" or incoming is None:
+            continue
+        if incoming == "verified":
+            # Verified with no link to keep would freeze a NULL link for good (BS#2350).
+            if link is not None:
+                changes[status_column], changes[url_column] = "verified", link
+            continue
+        if held == "absent":
+            continue
+        if incoming != held:
+            changes[status_column] = incoming
+        fallback = search.get(url_column)
+        if current.get(url_column) is None and fallback is not None:
+            changes[url_column] = fallback
+    return changes
+
+
 # --- cohorts ---------------------------------------------------------------------------------
 
+# A cohort run's cursor is named after the cohort: `cohort:<name>`.
+COHORT_CURSOR_PREFIX = "cohort:"
 COHORT_STATUSES = ("enriched_match", "enriched_no_match", "failed_no_retry")
 Linked = Literal["any", "linked", "unlinked"]
 

@@ -18,7 +18,14 @@ from typing import Any, LiteralString
 import psycopg
 
 from wx_orchestration.core.enrichment import ClaimedRow, FinalizePlan
-from wx_orchestration.core.lifecycle import LINK_COLUMNS, CohortSpec, PassCursor
+from wx_orchestration.core.lifecycle import (
+    COHORT_CURSOR_PREFIX,
+    LINK_COLUMNS,
+    STREAMING_REASK_ATTEMPT_CAP,
+    STREAMING_SERVICES,
+    CohortSpec,
+    PassCursor,
+)
 from wx_orchestration.db.enrichment import finalize_rows, kept_value
 
 # The whole predicate of production's `flowsheet_no_match_recheck_id_desc_idx`, repeated so a
@@ -245,15 +252,17 @@ def _placeholder_any(table: LiteralString) -> LiteralString:
 # A linked row's links are its album's; its own columns are not what listeners see.
 _LINKS = ", ".join(f"CASE WHEN f.album_id IS NULL THEN f.{c} ELSE am.{c} END" for c in LINK_COLUMNS)
 # Matched rows only: a no-match's placeholders are the re-ask's to replace, with its status.
-_LINK_CANDIDATES = f"""
-SELECT {_ROW}, {_LINKS}
+_LINK_COHORT_FROM = f"""
 FROM flowsheet AS f
 LEFT JOIN album_metadata AS am ON am.album_id = f.album_id
 LEFT JOIN wx_orchestration.link_upgrade_attempts AS a ON a.flowsheet_id = f.id
 WHERE f.entry_type = 'track' AND f.metadata_status = 'enriched_match'
   AND f.artist_name IS NOT NULL
   AND (CASE WHEN f.album_id IS NULL THEN ({_placeholder_any("f")})
-            ELSE ({_placeholder_any("am")}) END)
+            ELSE ({_placeholder_any("am")}) END)"""
+_LINK_CANDIDATES = f"""
+SELECT {_ROW}, {_LINKS}
+{_LINK_COHORT_FROM}
   AND (a.attempted_at IS NULL OR a.attempted_at <= now() - make_interval(secs => %(ttl_s)s))
   AND {_BELOW_CURSOR}
 ORDER BY f.add_time DESC, f.id DESC
@@ -275,12 +284,28 @@ def link_candidates(
     ]
 
 
+def _replaces(table: LiteralString, column: LiteralString) -> LiteralString:
+    return (
+        f"v.{column} IS NOT NULL AND {table}.{column} IS NOT NULL "
+        f"AND {kept_value(table, column)} IS NULL"
+    )
+
+
 def _upgrade_sets(table: LiteralString) -> LiteralString:
     return ", ".join(
-        f"{c} = CASE WHEN v.{c} IS NOT NULL AND {table}.{c} IS NOT NULL "
-        f"AND {kept_value(table, c)} IS NULL THEN v.{c} ELSE {table}.{c} END"
+        f"{c} = CASE WHEN {_replaces(table, c)} THEN v.{c} ELSE {table}.{c} END"
         for c in LINK_COLUMNS
     )
+
+
+# An album's link that LML verified carries the verdict too, as the album record writer's merge
+# would write it: left `unresolved` beside a verified link, the streaming re-ask would ask again.
+_VERIFIED_ALONG = ", ".join(
+    f"{service}_status = CASE WHEN {_replaces('am', url)} THEN 'verified' "
+    f"ELSE am.{service}_status END"
+    for service in STREAMING_SERVICES
+    if (url := f"{service}_url") in LINK_COLUMNS
+)
 
 
 _LINK_RECORD = ", ".join(f"{c} text" for c in LINK_COLUMNS)
@@ -293,7 +318,7 @@ WHERE f.id = v.id AND f.album_id IS NULL AND f.metadata_status = 'enriched_match
 RETURNING f.id
 """
 _UPGRADE_ALBUMS = f"""
-UPDATE album_metadata AS am SET {_upgrade_sets("am")}, updated_at = now()
+UPDATE album_metadata AS am SET {_upgrade_sets("am")}, {_VERIFIED_ALONG}, updated_at = now()
 FROM json_to_recordset(%s::json) AS v(album_id int, {_LINK_RECORD})
 WHERE am.album_id = v.album_id
 RETURNING am.album_id
@@ -333,7 +358,187 @@ def write_link_upgrades(
     return upgraded
 
 
+@dataclass(frozen=True)
+class LinkBacklog:
+    rows: int
+    never_asked: int
+    past_ttl: int  # asked more than two TTLs ago: due for longer than a whole TTL
+
+
+_LINK_BACKLOG = f"""
+SELECT count(*), count(*) FILTER (WHERE a.attempted_at IS NULL),
+       count(*) FILTER (WHERE a.attempted_at <= now() - make_interval(secs => 2 * %(ttl_s)s))
+{_LINK_COHORT_FROM}
+"""
+
+
+def link_backlog(conn: psycopg.Connection, *, ttl_s: float) -> LinkBacklog:
+    row = conn.execute(_LINK_BACKLOG, {"ttl_s": ttl_s}).fetchone()
+    assert row is not None
+    return LinkBacklog(*row)
+
+
+# --- streaming re-ask ------------------------------------------------------------------------
+
+# The station's `findUnresolvedStreamingCandidates` (`core.lifecycle` says why each part).
+_STREAMING_UNRESOLVED = """(am.spotify_status = 'unresolved'
+  OR am.apple_music_status = 'unresolved'
+  OR am.bandcamp_status = 'unresolved'
+  OR (am.bandcamp_status IS NULL AND am.bandcamp_url LIKE '%%bandcamp.com/search%%'))"""
+_MATCHED_ALBUM = """l.artist_name IS NOT NULL
+  AND (am.artwork_url IS NOT NULL OR am.discogs_url IS NOT NULL)"""
+_UNDER_CAP = "am.streaming_reask_attempts < %(cap)s"
+_STREAMING_COHORT = f"{_MATCHED_ALBUM} AND {_UNDER_CAP} AND {_STREAMING_UNRESOLVED}"
+_ALBUM_DUE = "am.updated_at <= now() - make_interval(secs => %(retry_after_s)s)"
+_ABOVE_ALBUM_CURSOR = """(%(after_time)s::timestamptz IS NULL
+  OR (am.updated_at, am.album_id) < (%(after_time)s::timestamptz, %(after_id)s::int))"""
+_STREAMING_COLUMNS: tuple[LiteralString, ...] = tuple(
+    column for service in STREAMING_SERVICES for column in (f"{service}_status", f"{service}_url")
+)
+_STREAMING_SELECT = ", ".join(f"am.{c}" for c in _STREAMING_COLUMNS)
+
+# Newest write first from the cursor: an album answered since moves above it (its `updated_at`
+# is now) and waits for the next pass; one never answered stays below and is read once a pass.
+_STREAMING_CANDIDATES = f"""
+SELECT am.album_id, am.updated_at, l.artist_name, l.album_title, {_STREAMING_SELECT}
+FROM album_metadata AS am JOIN library AS l ON l.id = am.album_id
+WHERE {_STREAMING_COHORT} AND {_ALBUM_DUE} AND {_ABOVE_ALBUM_CURSOR}
+ORDER BY am.updated_at DESC, am.album_id DESC
+LIMIT %(limit)s
+"""
+
+
+@dataclass(frozen=True)
+class StreamingAlbum:
+    """An album as the streaming re-ask read it; `updated_at` is the version its write is
+    guarded on, `streaming` its six streaming columns."""
+
+    album_id: int
+    updated_at: datetime
+    artist_name: str | None
+    album_title: str | None
+    streaming: Mapping[str, str | None]
+
+
+def streaming_candidates(
+    conn: psycopg.Connection, cursor: PassCursor, *, retry_after_s: float, limit: int
+) -> list[StreamingAlbum]:
+    """The next page of albums due a streaming re-ask below `cursor`, newest write first."""
+    params = {
+        **_cursor_params(cursor),
+        "cap": STREAMING_REASK_ATTEMPT_CAP,
+        "retry_after_s": retry_after_s,
+        "limit": limit,
+    }
+    rows = conn.execute(_STREAMING_CANDIDATES, params).fetchall()
+    return [
+        StreamingAlbum(
+            album_id,
+            updated_at,
+            artist,
+            title,
+            dict(zip(_STREAMING_COLUMNS, streaming, strict=True)),
+        )
+        for album_id, updated_at, artist, title, *streaming in rows
+    ]
+
+
+_STREAMING_RECORD = ", ".join(f"{c} text" for c in _STREAMING_COLUMNS)
+
+
+def _streaming_sets() -> LiteralString:
+    # Each service's pair is decided on its status as it stands now, not as read: a link
+    # verified by anyone since is never touched. A NULL in the record changes nothing.
+    return ", ".join(
+        f"{column} = CASE WHEN am.{service}_status = 'verified' THEN am.{column} "
+        f"ELSE coalesce(v.{column}, am.{column}) END"
+        for service in STREAMING_SERVICES
+        for column in (f"{service}_status", f"{service}_url")
+    )
+
+
+# A definitive answer spends one attempt and bumps `updated_at`, as the station's
+# `upsertMatchedAlbumMetadata` and `bumpStreamingReaskAttempts` do, and changes only the
+# streaming columns LML gave a verdict for. An album written since the read is left alone.
+_WRITE_STREAMING = f"""
+UPDATE album_metadata AS am
+SET {_streaming_sets()},
+    streaming_reask_attempts = am.streaming_reask_attempts + 1,
+    updated_at = now()
+FROM json_to_recordset(%s::json) AS v(album_id int, updated_at timestamptz, {_STREAMING_RECORD})
+WHERE am.album_id = v.album_id AND am.updated_at = v.updated_at
+RETURNING am.album_id
+"""
+
+
+def write_streaming_answers(
+    conn: psycopg.Connection,
+    albums: Sequence[StreamingAlbum],
+    changes: Mapping[int, Mapping[str, str]],
+) -> set[int]:
+    """Write each answered album's changes (perhaps none) and spend its attempt; returns the
+    album ids written. Run inside the caller's transaction."""
+    if not changes:
+        return set()
+    read = {album.album_id: album.updated_at for album in albums}
+    records = [
+        {"album_id": album_id, "updated_at": read[album_id], **columns}
+        for album_id, columns in changes.items()
+    ]
+    return {row[0] for row in conn.execute(_WRITE_STREAMING, (_json(records),)).fetchall()}
+
+
+@dataclass(frozen=True)
+class StreamingBacklog:
+    eligible: int  # under the cap with an unresolved verdict
+    due: int  # of those, not written within `retry_after`
+    past_ttl: int  # due for longer than a whole TTL
+    at_cap: int  # unresolved with every attempt spent: the re-ask has given up on them
+
+
+_STREAMING_BACKLOG = f"""
+SELECT count(*) FILTER (WHERE {_UNDER_CAP}),
+       count(*) FILTER (WHERE {_UNDER_CAP} AND {_ALBUM_DUE}),
+       count(*) FILTER (WHERE {_UNDER_CAP} AND am.updated_at
+                        <= now() - make_interval(secs => %(retry_after_s)s + %(ttl_s)s)),
+       count(*) FILTER (WHERE NOT {_UNDER_CAP})
+FROM album_metadata AS am JOIN library AS l ON l.id = am.album_id
+WHERE {_MATCHED_ALBUM} AND {_STREAMING_UNRESOLVED}
+"""
+
+
+def streaming_backlog(
+    conn: psycopg.Connection, *, retry_after_s: float, ttl_s: float
+) -> StreamingBacklog:
+    params = {"cap": STREAMING_REASK_ATTEMPT_CAP, "retry_after_s": retry_after_s, "ttl_s": ttl_s}
+    row = conn.execute(_STREAMING_BACKLOG, params).fetchone()
+    assert row is not None
+    return StreamingBacklog(*row)
+
+
 # --- cohorts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnfinishedCohort:
+    name: str
+    idle_s: float  # since its last run saved its position
+    counters: dict[str, int]
+
+
+_UNFINISHED_COHORTS = """
+SELECT substr(name, length(%(prefix)s) + 1), extract(epoch FROM now() - saved_at)::float8,
+       counters
+FROM wx_orchestration.lifecycle_cursors
+WHERE starts_with(name, %(prefix)s) AND passes_done = 0
+ORDER BY saved_at
+"""
+
+
+def unfinished_cohorts(conn: psycopg.Connection) -> list[UnfinishedCohort]:
+    """Cohorts a real run started and none finished, longest idle first."""
+    rows = conn.execute(_UNFINISHED_COHORTS, {"prefix": COHORT_CURSOR_PREFIX}).fetchall()
+    return [UnfinishedCohort(name, idle, dict(counters)) for name, idle, counters in rows]
 
 
 def _cohort_where(spec: CohortSpec) -> tuple[LiteralString, dict[str, Any]]:

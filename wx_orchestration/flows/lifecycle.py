@@ -1,4 +1,5 @@
-"""The enrichment lifecycle's runs: re-ask no-matches, upgrade search links, re-enrich a cohort.
+"""The enrichment lifecycle's runs: re-ask no-matches, upgrade search links, re-ask unresolved
+streaming verdicts, re-enrich a cohort.
 
 Each run reads a page (no lock held), asks LML about each distinct key once (`look_up`, the
 live path's own), and writes what LML positively said in one short transaction after the call,
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -19,7 +20,16 @@ import psycopg
 from wx_orchestration.clients.lml import LmlCallRecorder
 from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS
 from wx_orchestration.core.enrichment import LookupKey, RetryPolicy, Verdict, finalize_plan
-from wx_orchestration.core.lifecycle import CohortSpec, advanced, reask_action, upgraded_links
+from wx_orchestration.core.lifecycle import (
+    COHORT_CURSOR_PREFIX,
+    CohortSpec,
+    PassCursor,
+    advanced,
+    reask_action,
+    streaming_changes,
+    streaming_reask_key,
+    upgraded_links,
+)
 from wx_orchestration.db.lifecycle import (
     LifecycleRow,
     claim_cohort_page,
@@ -30,7 +40,9 @@ from wx_orchestration.db.lifecycle import (
     record_run,
     save_cursor,
     stamp_rechecked,
+    streaming_candidates,
     write_link_upgrades,
+    write_streaming_answers,
 )
 from wx_orchestration.db.paced_writes import flowsheet_transaction
 from wx_orchestration.flows.enrichment import (
@@ -47,6 +59,7 @@ log = logging.getLogger("wx_orchestration.lifecycle")
 
 REASK = "no_match_reask"
 LINK_UPGRADE = "link_upgrade"
+STREAMING_REASK = "streaming_reask"
 
 Stopped = Literal["calls_spent", "pass_done", "lml_failure"]
 
@@ -67,6 +80,8 @@ class LifecycleOutcome:
     passes_done: int = 0
     stopped: Stopped = "calls_spent"
     by_reason: dict[str, int] = field(default_factory=dict)
+    # What the streaming re-ask wrote, by column and value (`spotify_status=verified`: n).
+    changes: dict[str, int] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -81,19 +96,24 @@ class LifecycleOutcome:
         }
 
 
-def _verdicts(
-    lml: BulkLookup,
-    rows: Sequence[LifecycleRow],
-    hook: LmlCallHook | None,
-    stats: LmlCallRecorder | None,
-    outcome: LifecycleOutcome,
-) -> tuple[dict[int, tuple[LookupKey, Verdict]], bool]:
-    """Each askable row's key and verdict, and whether a whole LML call failed."""
-    keys = {
+def _row_keys(rows: Sequence[LifecycleRow]) -> dict[int, LookupKey]:
+    return {
         row.flowsheet_id: key
         for row in rows
         if (key := LookupKey.of(row.artist_name, row.album_title, row.track_title)) is not None
     }
+
+
+def _verdicts(
+    lml: BulkLookup,
+    keys: Mapping[int, LookupKey],
+    read: int,
+    hook: LmlCallHook | None,
+    stats: LmlCallRecorder | None,
+    outcome: LifecycleOutcome,
+) -> tuple[dict[int, tuple[LookupKey, Verdict]], bool]:
+    """Each askable row's key and verdict (`read` rows were read, `keys` are the askable ones),
+    and whether a whole LML call failed."""
     calls = EnrichmentOutcome()
     verdicts, failure = look_up(
         lml, list(dict.fromkeys(keys.values())), hook or direct_call, stats, calls
@@ -102,7 +122,7 @@ def _verdicts(
     if failure is not None and failure.kind == "auth":
         # No later call can succeed either; nothing was written.
         raise failure
-    outcome.read += len(rows)
+    outcome.read += read
     outcome.asked += len(keys)
     for key in keys.values():
         verdict = verdicts[key]
@@ -110,6 +130,61 @@ def _verdicts(
             reason = verdict.reason or verdict.kind
             outcome.by_reason[reason] = outcome.by_reason.get(reason, 0) + 1
     return {i: (key, verdicts[key]) for i, key in keys.items()}, failure is not None
+
+
+@dataclass(frozen=True)
+class _Page:
+    """One page of a pass, asked: what it read, where it ended, whether a whole call failed,
+    and its writes (run in the transaction that saves the cursor; `statements` of them write
+    `flowsheet`)."""
+
+    read: int
+    last: tuple[datetime, int] | None
+    failed: bool
+    write: Callable[[], None]
+    statements: int
+
+
+def _walk(
+    conn: psycopg.Connection,
+    name: str,
+    page: Callable[[PassCursor, int], _Page],
+    outcome: LifecycleOutcome,
+    *,
+    max_calls: int,
+    progress: Callable[[str], None],
+    now: Callable[[], datetime],
+) -> LifecycleOutcome:
+    """A pass's run: pages below the saved cursor, at most `max_calls` LML calls, at most one
+    wrap of the pass. The cursor moves past the whole page whatever the answers (progress is
+    provable), except after a whole call failed: then the page is read again next run, since
+    nothing was learnt about its rows."""
+    if not conn.autocommit:
+        raise ValueError(f"{name} needs an autocommit connection")
+    cursor = load_cursor(conn, name)
+    while outcome.lml_calls < max_calls:
+        limit = (max_calls - outcome.lml_calls) * MAX_LOOKUP_BULK_ITEMS
+        step = page(cursor, limit)
+        outcome.pages += 1
+        next_cursor = (
+            cursor
+            if step.failed
+            else advanced(cursor, step.last, page_full=step.read == limit, now=now())
+        )
+        with flowsheet_transaction(conn, statements=step.statements):
+            step.write()
+            save_cursor(conn, name, next_cursor)
+        progress(f"{name} page {outcome.pages}: {step.read} rows {outcome.counts()}")
+        if step.failed:
+            outcome.stopped = "lml_failure"
+            break
+        if next_cursor.pass_number != cursor.pass_number:
+            outcome.passes_done += 1
+            outcome.stopped = "pass_done"
+            break
+        cursor = next_cursor
+    record_run(conn, name, outcome.counts())
+    return outcome
 
 
 def _last(rows: Sequence[LifecycleRow]) -> tuple[datetime, int] | None:
@@ -128,23 +203,15 @@ def reask_no_matches(
     progress: Callable[[str], None] = log.info,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> LifecycleOutcome:
-    """One run of the re-ask: pages of due no-match rows below the saved cursor, at most
-    `max_calls` LML calls, at most one wrap of the pass.
-
-    A trusted match becomes `enriched_match` through the live path's finalize, fill-only; a
-    no-match stamps `no_match_recheck_attempted_at`; anything else leaves the row due. The cursor
-    moves past the whole page whatever the answers (progress is provable), except after a whole
-    call failed: then the page is read again next run, since nothing was learnt about its rows.
-    """
-    if not conn.autocommit:
-        raise ValueError("reask_no_matches needs an autocommit connection")
+    """One run of the re-ask: pages of due no-match rows below the saved cursor, newest play
+    first. A trusted match becomes `enriched_match` through the live path's finalize,
+    fill-only; a no-match stamps `no_match_recheck_attempted_at`; anything else leaves the row
+    due."""
     outcome = LifecycleOutcome()
-    cursor = load_cursor(conn, REASK)
-    while outcome.lml_calls < max_calls:
-        limit = (max_calls - outcome.lml_calls) * MAX_LOOKUP_BULK_ITEMS
+
+    def page(cursor: PassCursor, limit: int) -> _Page:
         rows = due_no_matches(conn, cursor, ttl_s=ttl_s, min_age_s=min_age_s, limit=limit)
-        outcome.pages += 1
-        answers, failed = _verdicts(lml, rows, around_call, stats, outcome)
+        answers, failed = _verdicts(lml, _row_keys(rows), len(rows), around_call, stats, outcome)
         plans, stamps = [], []
         by_id = {row.flowsheet_id: row for row in rows}
         for flowsheet_id, (key, verdict) in answers.items():
@@ -157,29 +224,18 @@ def reask_no_matches(
                 stamps.append(row)
             else:
                 outcome.not_a_verdict += 1
-        next_cursor = (
-            cursor
-            if failed
-            else advanced(cursor, _last(rows), page_full=len(rows) == limit, now=now())
-        )
-        with flowsheet_transaction(conn, statements=bool(plans) + bool(stamps)):
+
+        def write() -> None:
             matched = finalize_reask_matches(conn, rows, plans)
             stamped = stamp_rechecked(conn, stamps)
-            save_cursor(conn, REASK, next_cursor)
-        outcome.matched += len(matched)
-        outcome.stamped += len(stamped)
-        outcome.raced += len(plans) + len(stamps) - len(matched) - len(stamped)
-        progress(f"re-ask page {outcome.pages}: {len(rows)} rows {outcome.counts()}")
-        if failed:
-            outcome.stopped = "lml_failure"
-            break
-        if next_cursor.pass_number != cursor.pass_number:
-            outcome.passes_done += 1
-            outcome.stopped = "pass_done"
-            break
-        cursor = next_cursor
-    record_run(conn, REASK, outcome.counts())
-    return outcome
+            outcome.matched += len(matched)
+            outcome.stamped += len(stamped)
+            outcome.raced += len(plans) + len(stamps) - len(matched) - len(stamped)
+
+        statements = bool(plans) + bool(stamps)
+        return _Page(len(rows), _last(rows), failed, write, statements)
+
+    return _walk(conn, REASK, page, outcome, max_calls=max_calls, progress=progress, now=now)
 
 
 def upgrade_links(
@@ -197,15 +253,11 @@ def upgrade_links(
     placeholder, newest play first below the saved cursor. Each placeholder LML now gives a
     verified link for is replaced, column by column; a definitive answer marks the row asked
     (due again after `ttl_s`), a transient one leaves it due."""
-    if not conn.autocommit:
-        raise ValueError("upgrade_links needs an autocommit connection")
     outcome = LifecycleOutcome()
-    cursor = load_cursor(conn, LINK_UPGRADE)
-    while outcome.lml_calls < max_calls:
-        limit = (max_calls - outcome.lml_calls) * MAX_LOOKUP_BULK_ITEMS
+
+    def page(cursor: PassCursor, limit: int) -> _Page:
         rows = link_candidates(conn, cursor, ttl_s=ttl_s, limit=limit)
-        outcome.pages += 1
-        answers, failed = _verdicts(lml, rows, around_call, stats, outcome)
+        answers, failed = _verdicts(lml, _row_keys(rows), len(rows), around_call, stats, outcome)
         by_id = {row.flowsheet_id: row for row in rows}
         upgrades: dict[int, dict[str, str]] = {}
         asked: list[int] = []
@@ -217,33 +269,85 @@ def upgrade_links(
             links = upgraded_links(by_id[flowsheet_id].links or {}, verdict)
             if links:
                 upgrades[flowsheet_id] = links
-        next_cursor = (
-            cursor
-            if failed
-            else advanced(cursor, _last(rows), page_full=len(rows) == limit, now=now())
-        )
-        unlinked = any(by_id[i].album_id is None for i in upgrades)
-        with flowsheet_transaction(conn, statements=int(unlinked)):
+
+        def write() -> None:
             outcome.upgraded += write_link_upgrades(conn, rows, upgrades, asked)
-            save_cursor(conn, LINK_UPGRADE, next_cursor)
-        progress(f"link upgrade page {outcome.pages}: {len(rows)} rows {outcome.counts()}")
-        if failed:
-            outcome.stopped = "lml_failure"
-            break
-        if next_cursor.pass_number != cursor.pass_number:
-            outcome.passes_done += 1
-            outcome.stopped = "pass_done"
-            break
-        cursor = next_cursor
-    record_run(conn, LINK_UPGRADE, outcome.counts())
-    return outcome
+
+        unlinked = any(by_id[i].album_id is None for i in upgrades)
+        return _Page(len(rows), _last(rows), failed, write, int(unlinked))
+
+    return _walk(conn, LINK_UPGRADE, page, outcome, max_calls=max_calls, progress=progress, now=now)
+
+
+def reask_streaming(
+    conn: psycopg.Connection,
+    lml: BulkLookup,
+    *,
+    retry_after_s: float,
+    max_calls: int,
+    around_call: LmlCallHook | None = None,
+    stats: LmlCallRecorder | None = None,
+    progress: Callable[[str], None] = log.info,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> LifecycleOutcome:
+    """One run of the streaming re-ask (the station's `streaming-reask.ts`): matched albums
+    with an `unresolved` streaming verdict under the attempt cap, not written within
+    `retry_after_s`, newest write first below the saved cursor, asked by artist and title.
+
+    A definitive answer spends the album's attempt and writes, service by service, only what
+    LML positively said (`core.lifecycle.streaming_changes`); a verified link is never touched.
+    Anything else writes nothing and spends nothing: the album stays due. `matched` and
+    `stamped` count attempts spent on a match and on a no-match, `upgraded` albums that gained
+    a verified link.
+    Only `album_metadata` is written: the live feed carries flowsheet changes, so listeners see
+    the new links with the album's next play or snapshot."""
+    outcome = LifecycleOutcome()
+
+    def page(cursor: PassCursor, limit: int) -> _Page:
+        albums = streaming_candidates(conn, cursor, retry_after_s=retry_after_s, limit=limit)
+        keys = {
+            album.album_id: key
+            for album in albums
+            if (key := streaming_reask_key(album.artist_name, album.album_title)) is not None
+        }
+        answers, failed = _verdicts(lml, keys, len(albums), around_call, stats, outcome)
+        by_id = {album.album_id: album for album in albums}
+        changes: dict[int, dict[str, str]] = {}
+        matched: set[int] = set()
+        for album_id, (key, verdict) in answers.items():
+            found = streaming_changes(by_id[album_id].streaming, verdict, key)
+            if found is None:
+                outcome.not_a_verdict += 1
+                continue
+            changes[album_id] = found
+            if verdict.kind == "match":
+                matched.add(album_id)
+
+        def write() -> None:
+            written = write_streaming_answers(conn, albums, changes)
+            outcome.matched += len(written & matched)
+            outcome.stamped += len(written - matched)
+            outcome.raced += len(changes) - len(written)
+            for album_id in written:
+                columns = changes[album_id]
+                outcome.upgraded += "verified" in columns.values()
+                for column, value in columns.items():
+                    label = f"{column}={value}" if column.endswith("_status") else column
+                    outcome.changes[label] = outcome.changes.get(label, 0) + 1
+
+        last = (albums[-1].updated_at, albums[-1].album_id) if albums else None
+        return _Page(len(albums), last, failed, write, 0)
+
+    return _walk(
+        conn, STREAMING_REASK, page, outcome, max_calls=max_calls, progress=progress, now=now
+    )
 
 
 # --- cohorts ---------------------------------------------------------------------------------
 
 
 def cohort_cursor_name(name: str) -> str:
-    return f"cohort:{name}"
+    return f"{COHORT_CURSOR_PREFIX}{name}"
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The lifecycle's Dagster objects as Dagster runs them: `no_match_reask`, `link_upgrade`,
-`enrichment_report`, their checks and `cohort_reenrichment_job`."""
+`streaming_reask`, `enrichment_report`, their checks and `cohort_reenrichment_job`."""
 
 from __future__ import annotations
 
@@ -12,16 +12,26 @@ import psycopg
 import pytest
 
 from wx_orchestration.core.enrichment import LookupKey, search_columns
-from wx_orchestration.defs.lifecycle.assets import enrichment_report, link_upgrade, no_match_reask
-from wx_orchestration.defs.lifecycle.checks import LIFECYCLE_CHECKS
-from wx_orchestration.defs.lifecycle.jobs import cohort_reenrichment_job
+from wx_orchestration.defs.lifecycle.assets import (
+    enrichment_report,
+    link_upgrade,
+    no_match_reask,
+    streaming_reask,
+)
+from wx_orchestration.defs.lifecycle.checks import LIFECYCLE_CHECKS, cohort_reenrichment_finished
+from wx_orchestration.defs.lifecycle.jobs import cohort_reenrichment_job, enrichment_lifecycle_job
+from wx_orchestration.defs.resources import PostgresResource
+from wx_orchestration.defs.station.assets import STATION_ASSETS
 from wx_orchestration.devstack.demo_data import load_demo_data
 from wx_orchestration_tests.dagster_support import asset_resources, materialization_metadata
 from wx_orchestration_tests.integration.test_enrichment_flow import SCHEMA, add_album, add_play
 from wx_orchestration_tests.integration.test_lifecycle import (
     ALBUM,
     SONG,
+    add_matched_album,
     add_no_match,
+    album,
+    emulated_albums,
     emulated_artists,
     row,
 )
@@ -130,17 +140,106 @@ def test_a_search_url_is_upgraded_and_a_verified_one_never_touched(
     assert after["youtube_music_url"].startswith("https://music.youtube.com/channel/")
     kept_row = row(conn, kept)
     assert kept_row["spotify_url"] == verified
-    album = conn.execute(
-        "SELECT spotify_url, bandcamp_url FROM album_metadata WHERE album_id = %s", (album_id,)
-    ).fetchone()
-    assert album is not None
-    assert album[0].startswith("https://open.spotify.com/album/")
-    assert album[1] == verified
+    record = album(conn, album_id)
+    assert record["spotify_url"].startswith("https://open.spotify.com/album/")
+    assert record["spotify_status"] == "verified"  # the verdict goes with the verified link
+    assert (record["bandcamp_url"], record["bandcamp_status"]) == (verified, None)
     assert row(conn, linked)["spotify_url"] is None  # linked rows' links live on the album
     # Asked within the TTL: a second run reads nothing.
     again = materialize([link_upgrade], station_db, lml_emulator.url, redis_url, config)
     assert materialization_metadata(again)["outcomes"]["read"] == 0  # type: ignore[index]
     assert check_results(again) == {"link_upgrade_within_ttl": True}
+
+
+def test_the_link_check_fails_when_a_placeholder_is_past_its_ttl(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    artist = next(emulated_artists(matches=True))
+    stale = add_play(
+        conn,
+        artist,
+        metadata_status="enriched_match",
+        **search_columns(LookupKey(artist, ALBUM, SONG)),
+    )
+    conn.execute(
+        "INSERT INTO wx_orchestration.link_upgrade_attempts VALUES (%s, '2020-01-01T00:00:00Z')",
+        (stale,),
+    )
+    config = {"link_upgrade": {"config": {"max_calls": 1}}}
+    lml_emulator.set_faults(degraded=True)  # read, but LML says nothing: still past its TTL
+    behind = materialize([link_upgrade], station_db, lml_emulator.url, redis_url, config)
+    assert behind.success
+    assert check_results(behind) == {"link_upgrade_within_ttl": False}
+    lml_emulator.reset()
+    caught_up = materialize([link_upgrade], station_db, lml_emulator.url, redis_url, config)
+    assert materialization_metadata(caught_up)["outcomes"]["upgraded"] == 1  # type: ignore[index]
+    assert check_results(caught_up) == {"link_upgrade_within_ttl": True}
+
+
+def test_streaming_reask_materializes_with_counts_and_its_check(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    healed = add_matched_album(conn, *next(emulated_albums(spotify="verified")))
+    config = {"streaming_reask": {"config": {"max_calls": 2}}}
+    result = materialize([streaming_reask], station_db, lml_emulator.url, redis_url, config)
+    assert result.success
+    metadata = materialization_metadata(result)
+    outcomes = metadata["outcomes"]
+    assert isinstance(outcomes, dict)
+    assert (outcomes["read"], outcomes["matched"], outcomes["upgraded"]) == (1, 1, 1)
+    written = metadata["written"]
+    assert isinstance(written, dict)
+    assert written["spotify_status=verified"] == 1
+    assert metadata["stopped"] == "pass_done"
+    assert metadata["cursor"] == {"updated_at": None, "album_id": None}  # a new pass: the top
+    assert album(conn, healed)["spotify_status"] == "verified"
+    assert check_results(result) == {"streaming_reask_within_ttl": True}
+
+
+def test_the_streaming_check_fails_when_an_album_is_past_its_ttl(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    stale = add_matched_album(
+        conn, *next(emulated_albums(spotify="verified")), updated_at="2020-01-01T00:00:00Z"
+    )
+    config = {"streaming_reask": {"config": {"max_calls": 1}}}
+    lml_emulator.set_faults(degraded=True)  # asked, never answered: nothing stamped
+    behind = materialize([streaming_reask], station_db, lml_emulator.url, redis_url, config)
+    assert behind.success
+    assert materialization_metadata(behind)["past_ttl"] == 1
+    assert check_results(behind) == {"streaming_reask_within_ttl": False}
+    assert album(conn, stale)["streaming_reask_attempts"] == 0
+    lml_emulator.reset()
+    caught_up = materialize([streaming_reask], station_db, lml_emulator.url, redis_url, config)
+    assert check_results(caught_up) == {"streaming_reask_within_ttl": True}
+
+
+def test_the_lifecycle_job_runs_the_three_passes_and_the_cohort_check(
+    station_db, lml_emulator, redis_url
+) -> None:
+    defs = dg.Definitions(
+        assets=[*STATION_ASSETS, no_match_reask, link_upgrade, streaming_reask],
+        asset_checks=LIFECYCLE_CHECKS,
+        jobs=[enrichment_lifecycle_job],
+        resources=asset_resources(station_db, lml_emulator.url, redis_url),
+    )
+    result = defs.resolve_job_def("enrichment_lifecycle_job").execute_in_process(
+        run_config={
+            "ops": {
+                name: {"config": {"max_calls": 1}}
+                for name in ("no_match_reask", "link_upgrade", "streaming_reask")
+            }
+        },
+    )
+    assert result.success
+    materialized = {event.asset_key for event in result.get_asset_materialization_events()}
+    assert materialized == {no_match_reask.key, link_upgrade.key, streaming_reask.key}
+    assert check_results(result) == {
+        "no_match_reask_within_ttl": True,
+        "link_upgrade_within_ttl": True,
+        "streaming_reask_within_ttl": True,
+        "cohort_reenrichment_finished": True,
+    }
 
 
 def run_cohort(station_db: str, lml_url: str, redis_url: str, **config: Any) -> dict[str, Any]:
@@ -248,3 +347,36 @@ def test_the_report_materializes_with_tables_and_chart_on_demo_data(
     page = Path(str(metadata["report_file"]))
     assert page.parent == tmp_path
     assert "top unmatched artists" in page.read_text()
+
+
+def test_the_cohort_check_fails_when_a_started_cohort_is_left_unfinished(
+    station_db, conn, lml_emulator, redis_url
+) -> None:
+    def check() -> dg.AssetCheckResult:
+        result = cohort_reenrichment_finished(postgres=PostgresResource(database_url=station_db))
+        assert isinstance(result, dg.AssetCheckResult)
+        return result
+
+    matches = emulated_artists(matches=True)
+    for _ in range(3):
+        add_no_match(conn, next(matches))
+    config = {"name": "left-behind", "page_rows": 1, "max_calls": 1}
+    run_cohort(station_db, lml_emulator.url, redis_url, **config)  # a dry run starts nothing
+    assert check().passed
+    started = run_cohort(station_db, lml_emulator.url, redis_url, dry_run=False, **config)
+    assert started["done"] is False
+    assert check().passed  # unfinished, but its last run was a moment ago
+    conn.execute(
+        "UPDATE wx_orchestration.lifecycle_cursors SET saved_at = now() - interval '2 days'"
+        " WHERE name = 'cohort:left-behind'"
+    )
+    behind = check()
+    assert not behind.passed
+    assert behind.metadata["stalled"].value == {  # type: ignore[union-attr]
+        "left-behind": {"idle_days": 2.0, "rows_so_far": 1}
+    }
+    finished = run_cohort(
+        station_db, lml_emulator.url, redis_url, dry_run=False, **{**config, "max_calls": 5}
+    )
+    assert finished["done"] is True
+    assert check().passed

@@ -1,5 +1,6 @@
 """The lifecycle's pure rules: what a re-ask does with an answer, how a pass advances, which
-links are upgraded, what a cohort may be, and the lane's allowance."""
+links are upgraded, what a streaming re-ask writes, what a cohort may be, and the lane's
+allowance."""
 
 from __future__ import annotations
 
@@ -8,15 +9,19 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from wx_orchestration.contracts.lml import Artwork
+from wx_orchestration.contracts.lml import Artwork, StreamingStatus, StreamingVerdict
+from wx_orchestration.core.album_record import STREAMING_VERDICT_SERVICES
 from wx_orchestration.core.budget import BudgetLimits, lane_family, lifecycle_calls
 from wx_orchestration.core.enrichment import LookupKey, Verdict, search_columns
 from wx_orchestration.core.lifecycle import (
+    STREAMING_SERVICES,
     CohortSpec,
     PassCursor,
     advanced,
     pass_runs,
     reask_action,
+    streaming_changes,
+    streaming_reask_key,
     upgraded_links,
 )
 from wx_orchestration.core.report import lifecycle_yield, match_rate_by_day
@@ -55,6 +60,88 @@ def test_only_placeholders_are_upgraded_and_only_by_real_links() -> None:
         "spotify_url": "https://open.spotify.com/album/1"
     }
     assert upgraded_links(current, Verdict("no_match")) == {}
+
+
+KEY = LookupKey("Stereolab", "Dots and Loops", None)
+SPOTIFY = "https://open.spotify.com/album/4hJ1aYz9WrP0nPEYFO3bO3"
+APPLE = "https://music.apple.com/us/album/dots-and-loops/1"
+SEARCH = search_columns(KEY)
+
+
+def answer(**status: StreamingVerdict | None) -> Verdict:
+    return Verdict(
+        "match",
+        artwork=Artwork(
+            spotify_url=SPOTIFY if status.get("spotify") == "verified" else None,
+            apple_music_url=APPLE if status.get("apple_music") == "verified" else None,
+            streaming_status=StreamingStatus(**status),
+        ),
+    )
+
+
+def test_the_streaming_services_are_the_album_records() -> None:
+    assert STREAMING_SERVICES == STREAMING_VERDICT_SERVICES
+    # Album-level: asked by the library's artist and title, with no track.
+    assert streaming_reask_key(" Stereolab ", "Dots and Loops") == KEY
+
+
+def test_a_streaming_answer_writes_only_what_lml_said_and_never_a_verified_field() -> None:
+    current = {
+        "spotify_status": "unresolved",
+        "spotify_url": SEARCH["spotify_url"],
+        "apple_music_status": "verified",
+        "apple_music_url": "https://music.apple.com/us/album/by-a-librarian/9",
+        "bandcamp_status": "unresolved",
+        "bandcamp_url": SEARCH["bandcamp_url"],
+    }
+    changes = streaming_changes(
+        current, answer(spotify="verified", apple_music="verified", bandcamp=None), KEY
+    )
+    # Spotify verified: link and verdict; Apple Music already verified: untouched; Bandcamp
+    # not consulted: untouched.
+    assert changes == {"spotify_status": "verified", "spotify_url": SPOTIFY}
+
+
+def test_absent_is_kept_until_verified_and_unresolved_fills_only_a_missing_link() -> None:
+    current = {
+        "spotify_status": "absent",
+        "spotify_url": SEARCH["spotify_url"],
+        "apple_music_status": "unresolved",
+        "apple_music_url": None,
+        "bandcamp_status": None,  # the frozen shape: a search link, no verdict
+        "bandcamp_url": SEARCH["bandcamp_url"],
+    }
+    changes = streaming_changes(
+        current, answer(spotify="unresolved", apple_music="absent", bandcamp="unresolved"), KEY
+    )
+    assert changes == {"apple_music_status": "absent", "bandcamp_status": "unresolved"}
+    missing = {**current, "spotify_status": "unresolved", "spotify_url": None}
+    assert streaming_changes(missing, answer(spotify="unresolved"), KEY) == {
+        "spotify_url": SEARCH["spotify_url"]
+    }
+
+
+def test_a_verified_verdict_without_a_link_to_keep_writes_nothing() -> None:
+    current = {"spotify_status": "unresolved", "spotify_url": SEARCH["spotify_url"]}
+    search_page = Verdict(
+        "match",
+        artwork=Artwork(
+            spotify_url=SEARCH["spotify_url"],
+            streaming_status=StreamingStatus(spotify="verified"),
+        ),
+    )
+    assert streaming_changes(current, search_page, KEY) == {}
+
+
+def test_only_a_definitive_streaming_answer_spends_an_attempt() -> None:
+    current = {"spotify_status": "unresolved", "spotify_url": SEARCH["spotify_url"]}
+    assert streaming_changes(current, Verdict("no_match"), KEY) == {}  # spent, nothing written
+    for transient in (
+        Verdict("not_a_verdict", reason="shed_limiter_saturated"),
+        Verdict("not_a_verdict", reason="degraded: upstream_unavailable"),
+        Verdict("error", reason="lml call failed (server, status 503)"),
+    ):
+        assert streaming_changes(current, transient, KEY) is None
 
 
 def test_a_cohort_refuses_unknown_statuses_and_empty_windows() -> None:

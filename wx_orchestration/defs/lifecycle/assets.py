@@ -1,6 +1,7 @@
-"""What comes after a verdict (issue #18): `no_match_reask`, `link_upgrade`, `enrichment_report`.
+"""What comes after a verdict (issue #18): `no_match_reask`, `link_upgrade`, `streaming_reask`,
+`enrichment_report`.
 
-The two passes run every two hours (one run for both) on the `lifecycle` lane of the shared
+The three passes run every two hours (one run for all) on the `lifecycle` lane of the shared
 LML budget; each run may make only the calls its share buys over that interval
 (`core.budget.lifecycle_calls`), so the backlog and live plays keep the rest.
 """
@@ -27,20 +28,32 @@ from wx_orchestration.core.report import (
     total,
     vega_lite_match_rate,
 )
-from wx_orchestration.db.lifecycle import load_cursor, no_match_backlog, report_rows
+from wx_orchestration.db.lifecycle import (
+    load_cursor,
+    no_match_backlog,
+    report_rows,
+    streaming_backlog,
+)
 from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
-from wx_orchestration.defs.station.assets import FLOWSHEET_KEY, LML_KEY
+from wx_orchestration.defs.station.assets import FLOWSHEET_KEY, LIBRARY_KEY, LML_KEY
 from wx_orchestration.flows.lifecycle import (
     LINK_UPGRADE,
     REASK,
+    STREAMING_REASK,
     LifecycleOutcome,
     reask_no_matches,
+    reask_streaming,
     upgrade_links,
 )
 from wx_orchestration.settings import ChecksSettings
 
 DAY_S = 86400.0
+# Every lifecycle TTL's default: a row is asked again after it, and the checks call a pass
+# behind past it.
+TTL_DAYS = 30.0
+# The station's sweep asks an unresolved album again at most once an hour (its tick).
+STREAMING_RETRY_AFTER_HOURS = 1.0
 # The schedule launches both passes every two hours: 12 runs a day, so that housekeeping stays
 # under 100 runs a day with the stale sweep's 72. A run's call allowance is its share of that.
 PASS_INTERVAL_S = 2 * 3600.0
@@ -53,10 +66,7 @@ PASS_FRESHNESS = dg.FreshnessPolicy.time_window(
 )
 
 
-class PassConfig(NoRetryConfig):
-    ttl_days: float = Field(
-        default=30.0, gt=0, description="a row answered definitively is not asked again sooner"
-    )
+class LaneConfig(NoRetryConfig):
     budget_share: float = Field(
         default=LIFECYCLE_SHARE,
         gt=0,
@@ -68,6 +78,20 @@ class PassConfig(NoRetryConfig):
     )
 
 
+class PassConfig(LaneConfig):
+    ttl_days: float = Field(
+        default=TTL_DAYS, gt=0, description="a row answered definitively is not asked again sooner"
+    )
+
+
+class StreamingReaskConfig(LaneConfig):
+    retry_after_hours: float = Field(
+        default=STREAMING_RETRY_AFTER_HOURS,
+        gt=0,
+        description="an album answered (or written by anyone) is not asked again sooner",
+    )
+
+
 class ReaskConfig(PassConfig):
     min_age_s: float = Field(
         default=3600.0,
@@ -76,12 +100,17 @@ class ReaskConfig(PassConfig):
     )
 
 
-def _calls(config: PassConfig, lml_budget: LmlBudgetResource) -> int:
+def _calls(config: LaneConfig, lml_budget: LmlBudgetResource) -> int:
     limits = lml_budget.get_budget().limits
     return config.max_calls or lifecycle_calls(limits, PASS_INTERVAL_S, config.budget_share)
 
 
-def _progress(outcome: LifecycleOutcome, cursor: PassCursor, calls: int) -> dict[str, Any]:
+def _progress(
+    outcome: LifecycleOutcome,
+    cursor: PassCursor,
+    calls: int,
+    cursor_keys: tuple[str, str] = ("add_time", "flowsheet_id"),
+) -> dict[str, Any]:
     now = datetime.now(UTC)
     started = cursor.pass_started_at
     return {
@@ -96,8 +125,8 @@ def _progress(outcome: LifecycleOutcome, cursor: PassCursor, calls: int) -> dict
         "last_pass_s": cursor.last_pass_s,
         "cursor": dg.MetadataValue.json(
             {
-                "add_time": cursor.add_time.isoformat() if cursor.add_time else None,
-                "flowsheet_id": cursor.flowsheet_id,
+                cursor_keys[0]: cursor.add_time.isoformat() if cursor.add_time else None,
+                cursor_keys[1]: cursor.flowsheet_id,
             }
         ),
         "dagster/row_count": outcome.read,
@@ -203,6 +232,61 @@ def link_upgrade(
     return dg.MaterializeResult(metadata=_progress(outcome, cursor, calls))
 
 
+@dg.asset(
+    deps=[LIBRARY_KEY, LML_KEY],
+    # A retried run resumes from the saved cursor: nothing is asked or written twice.
+    retry_policy=TRANSIENT_RETRY,
+    freshness_policy=PASS_FRESHNESS,
+    pool="lml",
+    group_name="lifecycle",
+    kinds={"postgres"},
+    description=(
+        "The station's streaming re-ask (streaming-reask.ts): matched albums whose Spotify, "
+        "Apple Music or Bandcamp verdict is `unresolved` (or Bandcamp's frozen search link "
+        "with no verdict), under the 3-attempt cap, re-asked by artist and title at most once "
+        "per retry_after_hours. A definitive answer spends one attempt and writes, service by "
+        "service, only what LML said: a verified link is never touched, `absent` yields only "
+        "to `verified`. A shed, degraded or failed answer writes nothing and spends nothing."
+    ),
+)
+def streaming_reask(
+    context: dg.AssetExecutionContext,
+    config: StreamingReaskConfig,
+    lml: LmlResource,
+    postgres: PostgresResource,
+    lml_budget: LmlBudgetResource,
+) -> dg.MaterializeResult:
+    calls = _calls(config, lml_budget)
+    client = lml_budget.budgeted(lml, "lifecycle", wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S)
+    retry_after_s = config.retry_after_hours * 3600.0
+    with postgres.connection(autocommit=True) as conn:
+        try:
+            outcome = reask_streaming(
+                conn,
+                client,
+                retry_after_s=retry_after_s,
+                max_calls=calls,
+                progress=context.log.info,
+            )
+        except LmlError as exc:
+            raise dg.Failure(
+                description=f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY.",
+                allow_retries=False,
+            ) from None
+        cursor = load_cursor(conn, STREAMING_REASK)
+        backlog = streaming_backlog(conn, retry_after_s=retry_after_s, ttl_s=TTL_DAYS * DAY_S)
+    return dg.MaterializeResult(
+        metadata={
+            **_progress(outcome, cursor, calls, ("updated_at", "album_id")),
+            "written": dg.MetadataValue.json(outcome.changes),
+            "eligible": backlog.eligible,
+            "due": backlog.due,
+            "past_ttl": backlog.past_ttl,
+            "at_cap": backlog.at_cap,
+        }
+    )
+
+
 # --- the report ------------------------------------------------------------------------------
 
 STATION_TZ = "America/New_York"
@@ -211,7 +295,7 @@ STATION_TZ = "America/New_York"
 class ReportConfig(NoRetryConfig):
     days: int = Field(default=14, ge=1, le=366, description="how many days back the report covers")
     top_artists: int = Field(default=25, ge=1, le=500, description="unmatched artists listed")
-    ttl_days: float = Field(default=30.0, gt=0, description="the re-ask's TTL, for its states")
+    ttl_days: float = Field(default=TTL_DAYS, gt=0, description="the re-ask's TTL, for its states")
     output_dir: str = Field(
         default_factory=lambda: ChecksSettings.from_env().report_dir,
         description="where the HTML report and its chart are written (env WX_REPORT_DIR)",
@@ -246,7 +330,7 @@ def _table(frame: pd.DataFrame) -> dg.TableMetadataValue:
 
 
 @dg.asset(
-    deps=[FLOWSHEET_KEY, no_match_reask, link_upgrade],
+    deps=[FLOWSHEET_KEY, no_match_reask, link_upgrade, streaming_reask],
     freshness_policy=dg.FreshnessPolicy.time_window(
         fail_window=timedelta(days=2), warn_window=timedelta(hours=26)
     ),

@@ -1,15 +1,30 @@
-"""Checks that fail when a lifecycle pass falls behind its TTL. README's runbook says what to do."""
+"""Checks that fail when a lifecycle piece falls behind. README's runbook says what to do."""
 
 from datetime import UTC, datetime
 
 import dagster as dg
 
-from wx_orchestration.db.lifecycle import load_cursor, no_match_backlog
-from wx_orchestration.defs.lifecycle.assets import DAY_S, link_upgrade, no_match_reask
+from wx_orchestration.db.lifecycle import (
+    link_backlog,
+    load_cursor,
+    no_match_backlog,
+    streaming_backlog,
+    unfinished_cohorts,
+)
+from wx_orchestration.defs.lifecycle.assets import (
+    DAY_S,
+    STREAMING_RETRY_AFTER_HOURS,
+    TTL_DAYS,
+    link_upgrade,
+    no_match_reask,
+    streaming_reask,
+)
 from wx_orchestration.defs.resources import PostgresResource
-from wx_orchestration.flows.lifecycle import LINK_UPGRADE, REASK
+from wx_orchestration.defs.station.assets import FLOWSHEET_KEY
+from wx_orchestration.flows.lifecycle import LINK_UPGRADE, REASK, STREAMING_REASK
 
-TTL_DAYS = 30.0
+# A cohort run saves its position every page: one not moved for a day was left unfinished.
+COHORT_IDLE_S = DAY_S
 
 
 def _pass_age_s(started: datetime | None) -> float:
@@ -44,16 +59,91 @@ def no_match_reask_within_ttl(postgres: PostgresResource) -> dg.AssetCheckResult
 
 @dg.asset_check(
     asset=link_upgrade,
-    description="Fails when the link upgrade's current pass is older than its 30-day TTL.",
+    description=(
+        "Fails when the link upgrade falls behind: its current pass is older than the 30-day "
+        "TTL, or a row still holding a search placeholder was last asked more than two TTLs ago."
+    ),
 )
 def link_upgrade_within_ttl(postgres: PostgresResource) -> dg.AssetCheckResult:
+    ttl_s = TTL_DAYS * DAY_S
     with postgres.connection() as conn:
         cursor = load_cursor(conn, LINK_UPGRADE)
+        backlog = link_backlog(conn, ttl_s=ttl_s)
     age = _pass_age_s(cursor.pass_started_at)
     return dg.AssetCheckResult(
-        passed=age <= TTL_DAYS * DAY_S,
-        metadata={"pass": cursor.pass_number, "pass_age_days": round(age / DAY_S, 2)},
+        passed=age <= ttl_s and backlog.past_ttl == 0,
+        metadata={
+            "pass": cursor.pass_number,
+            "pass_age_days": round(age / DAY_S, 2),
+            "rows_with_placeholders": backlog.rows,
+            "rows_past_ttl": backlog.past_ttl,
+            "never_asked": backlog.never_asked,
+        },
     )
 
 
-LIFECYCLE_CHECKS = [no_match_reask_within_ttl, link_upgrade_within_ttl]
+@dg.asset_check(
+    asset=streaming_reask,
+    description=(
+        "Fails when the streaming re-ask falls behind: its current pass is older than the 30-day "
+        "TTL, or an album with an unresolved verdict under the attempt cap has gone unanswered "
+        "for a whole TTL past its hourly spacing (a pass that never reaches it, or an LML that "
+        "never answers it)."
+    ),
+)
+def streaming_reask_within_ttl(postgres: PostgresResource) -> dg.AssetCheckResult:
+    ttl_s = TTL_DAYS * DAY_S
+    with postgres.connection() as conn:
+        cursor = load_cursor(conn, STREAMING_REASK)
+        backlog = streaming_backlog(
+            conn, retry_after_s=STREAMING_RETRY_AFTER_HOURS * 3600.0, ttl_s=ttl_s
+        )
+    age = _pass_age_s(cursor.pass_started_at)
+    return dg.AssetCheckResult(
+        passed=age <= ttl_s and backlog.past_ttl == 0,
+        metadata={
+            "pass": cursor.pass_number,
+            "pass_age_days": round(age / DAY_S, 2),
+            "albums_past_ttl": backlog.past_ttl,
+            "eligible": backlog.eligible,
+            "due": backlog.due,
+            "at_cap": backlog.at_cap,
+        },
+    )
+
+
+@dg.asset_check(
+    asset=FLOWSHEET_KEY,
+    description=(
+        "Fails when a cohort re-enrichment was started (a real run saved its position) and "
+        "left unfinished: no run of it has moved for a day. Run it again by name to resume, or "
+        "with `restart: true` to start over."
+    ),
+)
+def cohort_reenrichment_finished(postgres: PostgresResource) -> dg.AssetCheckResult:
+    with postgres.connection() as conn:
+        cohorts = unfinished_cohorts(conn)
+    stalled = [cohort for cohort in cohorts if cohort.idle_s > COHORT_IDLE_S]
+    return dg.AssetCheckResult(
+        passed=not stalled,
+        metadata={
+            "unfinished": len(cohorts),
+            "stalled": dg.MetadataValue.json(
+                {
+                    cohort.name: {
+                        "idle_days": round(cohort.idle_s / DAY_S, 2),
+                        "rows_so_far": cohort.counters.get("rows", 0),
+                    }
+                    for cohort in stalled
+                }
+            ),
+        },
+    )
+
+
+LIFECYCLE_CHECKS = [
+    no_match_reask_within_ttl,
+    link_upgrade_within_ttl,
+    streaming_reask_within_ttl,
+    cohort_reenrichment_finished,
+]

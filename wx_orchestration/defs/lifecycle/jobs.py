@@ -22,7 +22,9 @@ from wx_orchestration.defs.lifecycle.assets import (
     enrichment_report,
     link_upgrade,
     no_match_reask,
+    streaming_reask,
 )
+from wx_orchestration.defs.lifecycle.checks import cohort_reenrichment_finished
 from wx_orchestration.defs.observability.sentry import with_sentry
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.flows.lifecycle import cohort_cursor_name, reenrich_cohort
@@ -30,8 +32,14 @@ from wx_orchestration.flows.lifecycle import cohort_cursor_name, reenrich_cohort
 enrichment_lifecycle_job = with_sentry(
     dg.define_asset_job(
         "enrichment_lifecycle_job",
-        selection=dg.AssetSelection.assets(no_match_reask, link_upgrade),
-        description="One run of each recurring pass: no-match re-ask, then link upgrade.",
+        # The cohort check rides along: a cohort is run by hand, so nothing else would notice
+        # one left half done.
+        selection=dg.AssetSelection.assets(no_match_reask, link_upgrade, streaming_reask)
+        | dg.AssetSelection.checks(cohort_reenrichment_finished),
+        description=(
+            "One run of each recurring pass (no-match re-ask, link upgrade, streaming re-ask), "
+            "and the check for cohorts left unfinished."
+        ),
     )
 )
 

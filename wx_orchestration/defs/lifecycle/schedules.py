@@ -2,14 +2,17 @@ import dagster as dg
 
 from wx_orchestration.defs.lifecycle.jobs import enrichment_lifecycle_job, enrichment_report_job
 
-# Both passes in one run every two hours (12 runs a day) and the report once a day: with the
+# The three passes in one run every two hours (12 runs a day) and the report once a day: with the
 # stale sweep's 72, housekeeping stays under 100 runs a day.
 enrichment_lifecycle_schedule = dg.ScheduleDefinition(
     name="enrichment_lifecycle_schedule",
     job=enrichment_lifecycle_job,
     cron_schedule="17 */2 * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Every two hours: one no-match re-ask run and one link upgrade run.",
+    description=(
+        "Every two hours: one run each of the no-match re-ask, the link upgrade and the "
+        "streaming re-ask."
+    ),
 )
 
 enrichment_report_schedule = dg.ScheduleDefinition(
