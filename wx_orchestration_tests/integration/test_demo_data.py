@@ -42,8 +42,10 @@ def test_demo_data_loads_production_shaped_rows_in_few_statements(
     assert artists > 10
     assert shows > 0
     # The demo page's top card is a real play; the blank artists LML must never see are mid-show.
-    assert newest_track is not None and newest_track[0].strip()
-    assert blank_artists is not None and blank_artists[0] > 0
+    assert newest_track is not None
+    assert newest_track[0].strip()
+    assert blank_artists is not None
+    assert blank_artists[0] > 0
     # All the plays in one statement: the station's Last-Modified moved once, not per play.
     assert lead is not None
     assert float(lead[0]) < 3
