@@ -28,7 +28,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from wx_orchestration.contracts.lml import DEFAULT_LML_RETRY_AFTER_CAP_S, normalize_lml_url
-from wx_orchestration.core.budget import DEFAULT_BURST
+from wx_orchestration.core.budget import DEFAULT_BURST, BudgetLimits
 from wx_orchestration.core.timing import (
     FAST_PATH_BUDGET_WAIT_S,
     RECLAIM_IDLE_S,
@@ -177,6 +177,11 @@ class BudgetSettings(EnvSettings):
     live_reserve: float = Field(0.5, ge=0, lt=1, validation_alias="LML_LIVE_RESERVE")
     # Calls saved for a burst (the station's client keeps 50).
     burst: int = Field(DEFAULT_BURST, ge=1, validation_alias="LML_BURST")
+
+    def limits(self) -> BudgetLimits:
+        return BudgetLimits(
+            self.rate_per_second, self.max_concurrent, self.live_reserve, self.burst
+        )
 
 
 class EnrichSettings(EnvSettings):

@@ -274,7 +274,8 @@ class LmlClient:
     `Retry-After` up to `retry_after_cap_s`, and never past that deadline.
 
     The base URL is read as the station's client reads `LIBRARY_METADATA_URL` (a trailing
-    `/api/v1` or slash is dropped). Lookups carry `caller`'s headers and query parameter. An
+    `/api/v1` or slash is dropped). Lookups carry their caller's headers and query parameter
+    (`caller` unless a call names its own). An
     endpoint that answers 404 is said once to be missing (an older LML) and is not asked again
     by this client: its calls raise `endpoint_missing` without sending.
     """
@@ -383,6 +384,7 @@ class LmlClient:
         items: Sequence[LookupItem | Mapping[str, Any]],
         *,
         stats: LmlCallRecorder | None = None,
+        caller: LookupCaller | None = None,
     ) -> BulkLookupResponse:
         if not items:
             raise ValueError("lookup_bulk needs at least one item")
@@ -396,14 +398,26 @@ class LmlClient:
         request = BulkLookupRequest.model_validate({"items": list(items)})
         payload = request.model_dump_json(exclude_none=True).encode()
         return self._call(
-            "POST", LOOKUP_BULK_PATH, payload, BulkLookupResponse, len(items), stats, lookup=True
+            "POST",
+            LOOKUP_BULK_PATH,
+            payload,
+            BulkLookupResponse,
+            len(items),
+            stats,
+            caller=caller or self.caller,
         )
 
     def lookup(
-        self, item: LookupItem | Mapping[str, Any], *, stats: LmlCallRecorder | None = None
+        self,
+        item: LookupItem | Mapping[str, Any],
+        *,
+        stats: LmlCallRecorder | None = None,
+        caller: LookupCaller | None = None,
     ) -> LookupResponse:
         payload = LookupItem.model_validate(item).model_dump_json(exclude_none=True).encode()
-        return self._call("POST", LOOKUP_PATH, payload, LookupResponse, 1, stats, lookup=True)
+        return self._call(
+            "POST", LOOKUP_PATH, payload, LookupResponse, 1, stats, caller=caller or self.caller
+        )
 
     def health(self, *, stats: LmlCallRecorder | None = None) -> HealthResponse:
         return self._call("GET", HEALTH_PATH, None, HealthResponse, 0, stats)
@@ -426,7 +440,7 @@ class LmlClient:
         items: int,
         stats: LmlCallRecorder | None,
         *,
-        lookup: bool = False,
+        caller: LookupCaller | None = None,
     ) -> Model:
         if self._closed:
             raise RuntimeError("LmlClient is closed")
@@ -436,9 +450,7 @@ class LmlClient:
                 kind="endpoint_missing",
                 status=404,
             )
-        extra = _Extra()
-        if lookup and self.caller is not None:
-            extra = _Extra(self.caller.headers(), self.caller.params())
+        extra = _Extra() if caller is None else _Extra(caller.headers(), caller.params())
         deadline = time.monotonic() + self.total_timeout
         attempt = 0
         while True:

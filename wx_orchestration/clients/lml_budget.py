@@ -28,10 +28,12 @@ import sentry_sdk
 
 from wx_orchestration.clients.lml import LmlApi, LmlCallRecorder, LmlClient, LmlError
 from wx_orchestration.contracts.lml import (
+    CALLERS,
     BulkLookupResponse,
     BulkResolveInput,
     BulkResolveResponse,
     HealthResponse,
+    LookupCaller,
     LookupItem,
     LookupResponse,
 )
@@ -401,19 +403,27 @@ class LmlBudget:
 
 
 class BudgetedLml:
-    """An `LmlClient` whose every call draws on the shared budget in one lane.
+    """An `LmlClient` whose every call draws on the shared budget in one lane, its lookups
+    labelled with the lane's caller (`LmlEntry.lane` builds these).
 
     Give it a client with `max_retries=0`: a retry must queue for the budget like any call.
     """
 
     def __init__(
-        self, client: LmlClient, budget: LmlBudget, lane: str, *, timeout_s: float | None = None
+        self,
+        client: LmlClient,
+        budget: LmlBudget,
+        lane: str,
+        *,
+        timeout_s: float | None = None,
+        caller: LookupCaller | None = None,
     ) -> None:
         lane_family(lane)
         self.client = client
         self.budget = budget
         self.lane = lane
         self.timeout_s = timeout_s
+        self.caller = caller
 
     def bulk_resolve_libraries(
         self,
@@ -432,13 +442,13 @@ class BudgetedLml:
         stats: LmlCallRecorder | None = None,
     ) -> BulkLookupResponse:
         with self.budget.slot(self.lane, timeout_s=self.timeout_s):
-            return self.client.lookup_bulk(items, stats=stats)
+            return self.client.lookup_bulk(items, stats=stats, caller=self.caller)
 
     def lookup(
         self, item: LookupItem | Mapping[str, Any], *, stats: LmlCallRecorder | None = None
     ) -> LookupResponse:
         with self.budget.slot(self.lane, timeout_s=self.timeout_s):
-            return self.client.lookup(item, stats=stats)
+            return self.client.lookup(item, stats=stats, caller=self.caller)
 
     def health(self) -> HealthResponse:
         # Health checks are how callers decide whether to spend budget; they cost none.
@@ -446,6 +456,33 @@ class BudgetedLml:
 
     def lacks(self, path: str) -> bool:
         return self.client.lacks(path)
+
+
+@dataclass(frozen=True)
+class LmlEntry:
+    """A process's one way to LML: one client (no retries of its own: each attempt queues for
+    the budget) and the budget every process shares, handed out per lane. The sidecar's context
+    and the Dagster resources each build it once per process."""
+
+    client: LmlClient
+    budget: LmlBudget
+
+    def lane(
+        self,
+        lane: str,
+        *,
+        caller: LookupCaller | None = None,
+        wait_timeout_s: float | None = None,
+    ) -> BudgetedLml:
+        """Calls in `lane`, labelled as `caller` (default: the lane's own, `CALLERS`); a caller
+        holding claims bounds its budget waits with `wait_timeout_s`."""
+        return BudgetedLml(
+            self.client,
+            self.budget,
+            lane,
+            timeout_s=wait_timeout_s,
+            caller=caller or CALLERS[lane],
+        )
 
 
 def wait_until_lml_ready(

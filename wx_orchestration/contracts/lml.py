@@ -66,6 +66,22 @@ class LookupCaller:
 # would not (the station's flowsheet backfill uses `/lookup`, where the fallback is on).
 LIVE_LOOKUPS = LookupCaller("enrichment-worker", 5, release_resolution_fallback=True)
 BACKLOG_LOOKUPS = LookupCaller("flowsheet-metadata-backfill", 5, release_resolution_fallback=True)
+# After a verdict, each pass asks under the name of the station job it replaces, with the
+# fallback too: its verdicts must agree with the live path's.
+NO_MATCH_RECHECK_LOOKUPS = LookupCaller(
+    "flowsheet-no-match-recheck", 5, release_resolution_fallback=True
+)
+REENRICHMENT_LOOKUPS = LookupCaller("flowsheet-reenrichment", 5, release_resolution_fallback=True)
+STREAMING_UPGRADE_LOOKUPS = LookupCaller(
+    "streaming-url-upgrade", 5, release_resolution_fallback=True
+)
+# Each lane's caller unless a call names its own (identity bulk-resolves carry none).
+CALLERS: dict[str, LookupCaller | None] = {
+    "live": LIVE_LOOKUPS,
+    "backlog": BACKLOG_LOOKUPS,
+    "identity": None,
+    "lifecycle": NO_MATCH_RECHECK_LOOKUPS,
+}
 
 ResolveKind = Literal["single_artist", "compilation", "unresolved"]
 SearchType = Literal["direct", "fallback", "alternative", "compilation", "song_as_artist", "none"]

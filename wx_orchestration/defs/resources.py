@@ -19,11 +19,12 @@ from psycopg import sql
 from pydantic import Field, PrivateAttr
 
 from wx_orchestration.clients.lml import LmlClient
-from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget
+from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget, LmlEntry
 from wx_orchestration.clients.redis_client import shared_redis
 from wx_orchestration.contracts.lml import (
     BACKLOG_LOOKUPS,
     DEFAULT_LML_RETRY_AFTER_CAP_S,
+    LookupCaller,
 )
 from wx_orchestration.core.budget import DEFAULT_BURST, BudgetLimits
 from wx_orchestration.db.pool import shared_pool
@@ -158,10 +159,18 @@ class LmlBudgetResource(dg.ConfigurableResource):
         return self._budget
 
     def budgeted(
-        self, lml: LmlResource, lane: str, *, wait_timeout_s: float | None = None
+        self,
+        lml: LmlResource,
+        lane: str,
+        *,
+        caller: LookupCaller | None = None,
+        wait_timeout_s: float | None = None,
     ) -> BudgetedLml:
-        """`lml` drawing on the budget in `lane`; a caller holding claims bounds its waits."""
-        return BudgetedLml(lml.get_client(), self.get_budget(), lane, timeout_s=wait_timeout_s)
+        """`lml` drawing on the budget in `lane` (`LmlEntry.lane`): the run's one client and
+        the shared budget, both built once per process."""
+        return LmlEntry(lml.get_client(), self.get_budget()).lane(
+            lane, caller=caller, wait_timeout_s=wait_timeout_s
+        )
 
 
 def _optional_env(name: str, default: str) -> str:

@@ -43,12 +43,11 @@ from prometheus_client.registry import Collector
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from wx_orchestration.clients.lml import LmlClient, LmlError
+from wx_orchestration.clients.lml import LmlError
 from wx_orchestration.clients.lml_budget import LmlBudget
 from wx_orchestration.clients.lookup_cache import LookupCache
 from wx_orchestration.contracts.cdc import CDC_STREAM, ENRICHMENT_GROUP
-from wx_orchestration.contracts.lml import LIVE_LOOKUPS, MAX_LOOKUP_BULK_ITEMS
-from wx_orchestration.core.budget import BudgetLimits
+from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS
 from wx_orchestration.core.coalescing import LaneQueue, TicketState, Waiting
 from wx_orchestration.core.enrichment import (
     Candidate,
@@ -206,24 +205,11 @@ class EnrichRole:
         self.search_path = sql.SQL("SET search_path TO {}, wx_orchestration").format(
             sql.Identifier(settings.database.station_schema)
         )
-        self.budget = LmlBudget(
-            client,
-            BudgetLimits(
-                settings.budget.rate_per_second,
-                settings.budget.max_concurrent,
-                settings.budget.live_reserve,
-                settings.budget.burst,
-            ),
-        )
-        # No client-side retries: a retry must queue for the budget like any other call.
-        self.lml_client = LmlClient(
-            settings.lml.url,
-            api_key=settings.lml.api_key.get_secret_value(),
-            total_timeout=settings.lml.timeout_s,
-            max_retries=0,
-            caller=LIVE_LOOKUPS,
-            retry_after_cap_s=settings.lml.retry_after_cap_s,
-        )
+        # The role takes budget slots itself (one per coalesced call), so it holds the
+        # entry's parts rather than a budgeted lane.
+        lml = ctx.lml()
+        self.budget = lml.budget
+        self.lml_client = lml.client
         ttl_s = cache_ttl_s or settings.enrich.cache_ttl_s
         self.max_budget_wait_s = settings.enrich.max_budget_wait_s
         self.cache = LookupCache(client, ttl_s)

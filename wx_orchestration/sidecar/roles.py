@@ -18,7 +18,10 @@ import redis
 from psycopg_pool import ConnectionPool
 from starlette.routing import BaseRoute
 
+from wx_orchestration.clients.lml import LmlClient
+from wx_orchestration.clients.lml_budget import LmlBudget, LmlEntry
 from wx_orchestration.clients.redis_client import shared_redis
+from wx_orchestration.contracts.lml import LIVE_LOOKUPS
 from wx_orchestration.core.timing import RECLAIM_IDLE_S
 from wx_orchestration.db.pool import shared_pool
 from wx_orchestration.settings import Settings
@@ -63,6 +66,8 @@ class SidecarContext:
     routes: list[BaseRoute] = field(default_factory=list)
     # Set by the bridge role so the heartbeat and /readyz can report it.
     bridge_state: str = "off"
+    _lml: LmlEntry | None = field(default=None, init=False, repr=False)
+    _lml_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def add_routes(self, *routes: BaseRoute) -> None:
         self.routes.extend(routes)
@@ -72,6 +77,22 @@ class SidecarContext:
 
     def redis(self) -> redis.Redis:
         return shared_redis(self.settings.redis.url)
+
+    def lml(self) -> LmlEntry:
+        """The process's one way to LML (`LmlEntry`), built on first use."""
+        with self._lml_lock:
+            if self._lml is None:
+                lml = self.settings.lml
+                client = LmlClient(
+                    lml.url,
+                    api_key=lml.api_key.get_secret_value(),
+                    total_timeout=lml.timeout_s,
+                    retry_after_cap_s=lml.retry_after_cap_s,
+                    # The sidecar's lookups are the live path's.
+                    caller=LIVE_LOOKUPS,
+                )
+                self._lml = LmlEntry(client, LmlBudget(self.redis(), self.settings.budget.limits()))
+            return self._lml
 
 
 class Role(Protocol):

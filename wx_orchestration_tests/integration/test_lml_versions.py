@@ -16,12 +16,18 @@ import redis
 from wx_orchestration.clients.lml import LmlClient, LmlError
 from wx_orchestration.clients.lml_budget import BudgetedLml, LmlBudget, wait_until_lml_ready
 from wx_orchestration.contracts.cdc import StreamEvent
-from wx_orchestration.contracts.lml import LOOKUP_BULK_PATH, LOOKUP_PATH
+from wx_orchestration.contracts.lml import (
+    LOOKUP_BULK_PATH,
+    LOOKUP_PATH,
+    REENRICHMENT_LOOKUPS,
+    STREAMING_UPGRADE_LOOKUPS,
+    LookupCaller,
+)
 from wx_orchestration.core.budget import BudgetLimits, lane_family
 from wx_orchestration.core.events import FlowsheetEvent, decode_stream_entry
 from wx_orchestration.db.enrichment import claim_rows_by_ids
 from wx_orchestration.db.pool import close_shared_pools
-from wx_orchestration.defs.resources import LmlResource
+from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, RedisResource
 from wx_orchestration.devstack.lml_emulator import EmulatorHandle
 from wx_orchestration.flows.enrichment import EnrichmentOutcome, enrich_claimed
 from wx_orchestration.sidecar.enrich import EnrichRole
@@ -220,6 +226,36 @@ def test_backlog_lookups_say_who_asks_and_ask_for_the_fallback_too(
         "x-caller-reason": "flowsheet-metadata-backfill",
     }
     resource.get_client().close()
+
+
+@pytest.mark.parametrize(
+    ("lane", "caller", "reason"),
+    [
+        ("backlog", None, "flowsheet-metadata-backfill"),
+        ("lifecycle", None, "flowsheet-no-match-recheck"),
+        ("lifecycle", REENRICHMENT_LOOKUPS, "flowsheet-reenrichment"),
+        ("lifecycle", STREAMING_UPGRADE_LOOKUPS, "streaming-url-upgrade"),
+    ],
+)
+def test_each_lane_asks_under_its_own_name_through_the_one_entry(
+    lml_emulator: EmulatorHandle,
+    redis_url: str,
+    lane: str,
+    caller: LookupCaller | None,
+    reason: str,
+) -> None:
+    lml = LmlResource(base_url=lml_emulator.url)
+    budget = LmlBudgetResource(redis=RedisResource(url=redis_url), rate_per_second=100)
+    budgeted = budget.budgeted(lml, lane, caller=caller, wait_timeout_s=5)
+    budgeted.lookup_bulk([{"artist": "Can"}])
+    (call,) = calls(lml_emulator, LOOKUP_BULK_PATH)
+    assert call["caller"] == {"x-caller-class": "5", "x-caller-reason": reason}
+    assert call["query"] == "allow_release_resolution_fallback=true"
+    # One client and one budget per process, whatever the lane.
+    assert budgeted.client is lml.get_client()
+    assert budgeted.budget is budget.get_budget()
+    assert budget.get_budget().stats[lane].grants == 1
+    lml.get_client().close()
 
 
 def test_error_lines_name_the_absolute_url_never_the_key(

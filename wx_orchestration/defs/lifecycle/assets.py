@@ -16,7 +16,11 @@ import pandas as pd
 from pydantic import Field
 
 from wx_orchestration.clients.lml import LmlError
-from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS
+from wx_orchestration.contracts.lml import (
+    MAX_LOOKUP_BULK_ITEMS,
+    NO_MATCH_RECHECK_LOOKUPS,
+    STREAMING_UPGRADE_LOOKUPS,
+)
 from wx_orchestration.core.budget import LIFECYCLE_SHARE, lifecycle_calls
 from wx_orchestration.core.lifecycle import PassCursor, pass_runs, rows_per_run
 from wx_orchestration.core.report import (
@@ -157,7 +161,9 @@ def no_match_reask(
     lml_budget: LmlBudgetResource,
 ) -> dg.MaterializeResult:
     calls = _calls(config, lml_budget)
-    client = lml_budget.budgeted(lml, "lifecycle", wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S)
+    client = lml_budget.budgeted(
+        lml, "lifecycle", caller=NO_MATCH_RECHECK_LOOKUPS, wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S
+    )
     ttl_s = config.ttl_days * DAY_S
     with postgres.connection(autocommit=True) as conn:
         try:
@@ -213,7 +219,9 @@ def link_upgrade(
     lml_budget: LmlBudgetResource,
 ) -> dg.MaterializeResult:
     calls = _calls(config, lml_budget)
-    client = lml_budget.budgeted(lml, "lifecycle", wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S)
+    client = lml_budget.budgeted(
+        lml, "lifecycle", caller=STREAMING_UPGRADE_LOOKUPS, wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S
+    )
     with postgres.connection(autocommit=True) as conn:
         try:
             outcome = upgrade_links(
@@ -257,7 +265,9 @@ def streaming_reask(
     lml_budget: LmlBudgetResource,
 ) -> dg.MaterializeResult:
     calls = _calls(config, lml_budget)
-    client = lml_budget.budgeted(lml, "lifecycle", wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S)
+    client = lml_budget.budgeted(
+        lml, "lifecycle", caller=STREAMING_UPGRADE_LOOKUPS, wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S
+    )
     retry_after_s = config.retry_after_hours * 3600.0
     with postgres.connection(autocommit=True) as conn:
         try:

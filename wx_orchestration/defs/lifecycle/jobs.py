@@ -9,6 +9,7 @@ import pandas as pd
 from pydantic import Field
 
 from wx_orchestration.clients.lml import LmlError
+from wx_orchestration.contracts.lml import REENRICHMENT_LOOKUPS
 from wx_orchestration.core.budget import lifecycle_calls
 from wx_orchestration.core.lifecycle import COHORT_STATUSES, CohortSpec, Linked, PassCursor
 from wx_orchestration.db.lifecycle import (
@@ -152,7 +153,9 @@ def reenrich_cohort_rows(
             context.log.info(f"cohort {config.name}: {preview.rows} row(s) in scope")
             return dg.Output(preview.rows, metadata={**metadata, "done": preview.rows == 0})
         limits = lml_budget.get_budget().limits
-        client = lml_budget.budgeted(lml, "lifecycle", wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S)
+        client = lml_budget.budgeted(
+            lml, "lifecycle", caller=REENRICHMENT_LOOKUPS, wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S
+        )
         try:
             result = reenrich_cohort(
                 conn,
