@@ -1,14 +1,19 @@
-"""The enrichment report's arithmetic, on pandas frames (issue #18). Pure: the queries are in
-`db/lifecycle.py`, the asset in `defs/lifecycle/assets.py`."""
+"""The enrichment report's arithmetic and its chart, on pandas frames (issue #18). Pure: the
+queries are in `db/lifecycle.py`, the asset (which writes the files) in
+`defs/lifecycle/assets.py`."""
 
 from __future__ import annotations
 
+import base64
 import html
-import json
+import io
+import math
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 STATUSES = ("enriched_match", "enriched_no_match", "failed_no_retry", "pending", "enriching")
 
@@ -66,47 +71,57 @@ def lifecycle_yield(runs: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def vega_lite_match_rate(by_day: pd.DataFrame) -> dict[str, Any]:
-    """A stacked bar per day of track rows by status, with the match rate as a line."""
-    long = by_day.melt(id_vars=["day"], value_vars=list(STATUSES), var_name="status")
-    values = [
-        {"day": r["day"], "status": r["status"], "rows": int(r["value"])}
-        for r in long.to_dict("records")
-        if r["value"]
-    ]
-    rates = [
-        {"day": r["day"], "match_rate": float(r["match_rate"])}
-        for r in by_day.to_dict("records")
-        if pd.notna(r["match_rate"])
-    ]
-    return {
-        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": "Flowsheet track rows by enrichment status, per day",
-        "resolve": {"scale": {"y": "independent"}},
-        "layer": [
-            {
-                "data": {"values": values},
-                "mark": "bar",
-                "encoding": {
-                    "x": {"field": "day", "type": "ordinal"},
-                    "y": {"field": "rows", "type": "quantitative", "stack": True},
-                    "color": {"field": "status", "type": "nominal"},
-                },
-            },
-            {
-                "data": {"values": rates},
-                "mark": {"type": "line", "point": True, "color": "black"},
-                "encoding": {
-                    "x": {"field": "day", "type": "ordinal"},
-                    "y": {
-                        "field": "match_rate",
-                        "type": "quantitative",
-                        "scale": {"domain": [0, 1]},
-                    },
-                },
-            },
-        ],
-    }
+STATUS_COLOURS = {
+    "enriched_match": "#2e7d32",
+    "enriched_no_match": "#ef6c00",
+    "failed_no_retry": "#c62828",
+    "pending": "#9e9e9e",
+    "enriching": "#1565c0",
+}
+CHART_TITLE = "Flowsheet track rows by enrichment status, per day"
+
+
+def match_rate_png(by_day: pd.DataFrame) -> bytes:
+    """A stacked bar per day of track rows by status, with the match rate as a line on its
+    own 0-1 axis; as PNG bytes."""
+    # A bare Agg canvas, not pyplot: no display needed, and no process-wide figure state shared
+    # between runs in one process.
+    figure = Figure(figsize=(10, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    rows = figure.add_subplot()
+    days = by_day["day"].astype(str).tolist()
+    x = list(range(len(days)))
+    bottom = [0] * len(days)
+    for status in STATUSES:
+        counts = by_day[status].astype(int).tolist()
+        rows.bar(x, counts, bottom=bottom, label=status, color=STATUS_COLOURS[status])
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    # Set by hand: an empty status's zero-height bar sits on top of the stack and would pin the
+    # axis to it (a bar's base is a sticky edge), leaving no headroom.
+    rows.set_ylim(0, max([*bottom, 1]) * 1.05)
+    rows.set_ylabel("track rows")
+    # At most 15 day labels, so a long window stays readable.
+    step = max(1, math.ceil(len(days) / 15))
+    rows.set_xticks(x[::step], days[::step], rotation=45, ha="right")
+    rate = rows.twinx()
+    rates = by_day["match_rate"].astype(float).tolist()  # NaN (no verdict that day): a gap
+    (line,) = rate.plot(x, rates, "o-", color="black", label="match rate")
+    rate.set_ylim(0, 1.05)  # headroom, so a day at 1.0 shows its whole marker
+    rate.set_ylabel("match rate")
+    if not days:
+        rows.text(0.5, 0.5, "no plays in the window", ha="center", transform=rows.transAxes)
+    # Swatches built here, not taken from the bars: with no days there are no bars to take from.
+    swatches = [Patch(color=STATUS_COLOURS[status], label=status) for status in STATUSES]
+    figure.legend(handles=[*swatches, line], loc="outside right upper", fontsize="small")
+    rows.set_title(CHART_TITLE)
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    return png.getvalue()
+
+
+def chart_markdown(png: bytes) -> str:
+    """The chart as a markdown image with a data URI: the Dagster UI draws it in place."""
+    return f"![match rate by day](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 @dataclass(frozen=True)
@@ -129,20 +144,18 @@ class Report:
         }
 
 
-def report_html(report: Report, title: str, chart: dict[str, Any]) -> str:
-    """One page a librarian can open: every table, and the chart drawn by vega-embed."""
+def report_html(report: Report, title: str, chart_file: str) -> str:
+    """One page a librarian can open offline: the chart (the PNG `chart_file`, beside the page)
+    and every table."""
     sections = "\n".join(
         f"<h2>{html.escape(name)}</h2>\n"
         + (frame.to_html(index=False, na_rep="") if len(frame) else "<p>none</p>")
         for name, frame in report.tables().items()
     )
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<script src="https://cdn.jsdelivr.net/npm/vega@5"></script>
-<script src="https://cdn.jsdelivr.net/npm/vega-lite@5"></script>
-<script src="https://cdn.jsdelivr.net/npm/vega-embed@6"></script></head>
-<body><h1>{html.escape(title)}</h1><div id="chart"></div>
-<script>vegaEmbed("#chart", {json.dumps(chart)});</script>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>
+<body><h1>{html.escape(title)}</h1>
+<img src="{html.escape(chart_file)}" alt="{html.escape(CHART_TITLE)}">
 {sections}
 </body></html>
 """

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from wx_orchestration_tests.integration.test_lifecycle import (
     emulated_artists,
     row,
 )
+from wx_orchestration_tests.unit.test_lifecycle_rules import PNG_MAGIC
 
 
 @pytest.fixture
@@ -341,12 +344,24 @@ def test_the_report_materializes_with_tables_and_chart_on_demo_data(
     assert reask["yield"] == round(reask["matched"] / reask["asked"], 3)
     assert tables["top_unmatched_artists"]
     chart = metadata["chart"]
-    assert isinstance(chart, dict)
-    assert chart["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
-    assert chart["layer"][0]["data"]["values"]
+    assert isinstance(chart, str)
+    match = re.fullmatch(
+        r"!\[match rate by day\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", chart
+    )
+    assert match, chart[:80]
+    png = base64.b64decode(match[1])
+    assert png.startswith(PNG_MAGIC)
+    assert len(png) > 10_000  # a drawn chart, not an empty canvas
+    chart_file = Path(str(metadata["chart_file"]))
+    assert chart_file.read_bytes() == png
     page = Path(str(metadata["report_file"]))
-    assert page.parent == tmp_path
-    assert "top unmatched artists" in page.read_text()
+    assert page.parent == chart_file.parent == tmp_path
+    text = page.read_text()
+    assert "top unmatched artists" in text
+    # Readable offline: the chart is the PNG beside the page, and nothing is fetched.
+    assert f'<img src="{chart_file.name}"' in text
+    assert "<script" not in text
+    assert not re.search(r"(src|href)=\"?https?://", text)
 
 
 def test_the_cohort_check_fails_when_a_started_cohort_is_left_unfinished(

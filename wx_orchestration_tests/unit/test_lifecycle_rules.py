@@ -24,9 +24,17 @@ from wx_orchestration.core.lifecycle import (
     streaming_reask_key,
     upgraded_links,
 )
-from wx_orchestration.core.report import lifecycle_yield, match_rate_by_day
+from wx_orchestration.core.report import (
+    Report,
+    chart_markdown,
+    lifecycle_yield,
+    match_rate_by_day,
+    match_rate_png,
+    report_html,
+)
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_only_a_definitive_answer_is_written_or_stamped() -> None:
@@ -161,15 +169,18 @@ def test_the_lifecycle_lane_is_a_share_of_the_batch_rate() -> None:
     assert pass_runs(300_000, 72_000) == 5
 
 
+REPORT_PLAYS = pd.DataFrame(
+    [
+        ("2026-01-01", 1, "enriched_match", 3),
+        ("2026-01-01", 2, "enriched_no_match", 1),
+        ("2026-01-02", 1, "pending", 2),
+    ],
+    columns=["day", "show_id", "status", "rows"],
+)
+
+
 def test_report_rates_and_yield() -> None:
-    plays = pd.DataFrame(
-        [
-            ("2026-01-01", 1, "enriched_match", 3),
-            ("2026-01-01", 2, "enriched_no_match", 1),
-            ("2026-01-02", 1, "pending", 2),
-        ],
-        columns=["day", "show_id", "status", "rows"],
-    )
+    plays = REPORT_PLAYS
     by_day = match_rate_by_day(plays).set_index("day")
     assert by_day.loc["2026-01-01", "match_rate"] == 0.75
     assert by_day.loc["2026-01-02", "tracks"] == 2
@@ -180,3 +191,20 @@ def test_report_rates_and_yield() -> None:
     )
     (row,) = lifecycle_yield(runs).to_dict("records")
     assert (row["yield"], row["lml_calls_per_enriched_row"]) == (0.05, round(2 / 95, 3))
+
+
+@pytest.mark.parametrize("plays", [REPORT_PLAYS, REPORT_PLAYS.iloc[:0]], ids=["days", "empty"])
+def test_the_report_chart_is_a_png_even_for_an_empty_window(plays: pd.DataFrame) -> None:
+    png = match_rate_png(match_rate_by_day(plays))
+    assert png.startswith(PNG_MAGIC)
+    assert chart_markdown(png).startswith("![match rate by day](data:image/png;base64,iVBORw0KGgo")
+
+
+def test_the_report_page_shows_the_chart_file_and_fetches_nothing() -> None:
+    empty = pd.DataFrame()
+    report = Report(match_rate_by_day(REPORT_PLAYS), empty, empty, empty, empty, empty)
+    page = report_html(report, "report <today>", "enrichment_report_2026-01-02.png")
+    assert '<img src="enrichment_report_2026-01-02.png"' in page
+    assert "<title>report &lt;today&gt;</title>" in page
+    assert "<script" not in page
+    assert "http" not in page

@@ -6,7 +6,6 @@ LML budget; each run may make only the calls its share buys over that interval
 (`core.budget.lifecycle_calls`), so the backlog and live plays keep the rest.
 """
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,13 @@ from wx_orchestration.core.budget import LIFECYCLE_SHARE, lifecycle_calls
 from wx_orchestration.core.lifecycle import PassCursor, pass_runs, rows_per_run
 from wx_orchestration.core.report import (
     Report,
+    chart_markdown,
     lifecycle_yield,
     match_rate_by_day,
     match_rate_by_show,
+    match_rate_png,
     report_html,
     total,
-    vega_lite_match_rate,
 )
 from wx_orchestration.db.lifecycle import (
     load_cursor,
@@ -349,8 +349,8 @@ def _table(frame: pd.DataFrame) -> dg.TableMetadataValue:
     description=(
         "Daily: match rate by day and by show, no-match rows by re-ask state and parked rows by "
         "reason, the lifecycle's yield and LML calls per enriched row, and the top unmatched "
-        "artists for a librarian (the station's no-match digest). Tables and a Vega-Lite chart "
-        "in the UI; the same as an HTML page in WX_REPORT_DIR."
+        "artists for a librarian (the station's no-match digest). Tables and a PNG chart in the "
+        "UI; the same as an HTML page with the PNG beside it in WX_REPORT_DIR."
     ),
 )
 def enrichment_report(
@@ -378,14 +378,14 @@ def enrichment_report(
         ),
         top_unmatched=_frame(rows["top_unmatched"], ["artist", "plays", "last_played"]),
     )
-    chart = vega_lite_match_rate(report.by_day)
+    png = match_rate_png(report.by_day)
     today = datetime.now(UTC).date().isoformat()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    chart_file = out / f"enrichment_report_{today}.png"
+    chart_file.write_bytes(png)
     page = out / f"enrichment_report_{today}.html"
-    page.write_text(report_html(report, f"WXYC enrichment report {today}", chart))
-    spec = out / f"enrichment_report_{today}.vl.json"
-    spec.write_text(json.dumps(chart, indent=1))
+    page.write_text(report_html(report, f"WXYC enrichment report {today}", chart_file.name))
     context.log.info(f"enrichment report written to {page}")
     by_day = report.by_day
     matched = total(by_day, "enriched_match")
@@ -398,10 +398,10 @@ def enrichment_report(
             "parked_by_reason": _table(report.parked_reasons),
             "lifecycle_yield": _table(report.lifecycle),
             "top_unmatched_artists": _table(report.top_unmatched),
-            "chart": dg.MetadataValue.json(chart),
+            "chart": dg.MetadataValue.md(chart_markdown(png)),
             "match_rate": round(matched / decided, 3) if decided else None,
             "report_file": dg.MetadataValue.path(str(page.resolve())),
-            "chart_file": dg.MetadataValue.path(str(spec.resolve())),
+            "chart_file": dg.MetadataValue.path(str(chart_file.resolve())),
             "dagster/row_count": total(by_day, "tracks"),
         }
     )
