@@ -83,6 +83,8 @@ return #ARGV - 2
 _SCAN_SAVE_EVERY_S = 1.0
 # How long one wait for notifications may last, so that pings and `stop` are noticed.
 _POLL_S = 0.25
+# How long a drain that found notifications waits for more of the same statement's.
+_DRAIN_WAIT_S = 0.001
 
 
 def _now_ms() -> int:
@@ -361,13 +363,25 @@ class CdcBridge:
                 self._catch_up_page(stop)
             wait = 0 if self._scan is not None else _POLL_S
             notes = list(listen.notifies(timeout=wait, stop_after=1))
-            if notes:
-                notes += listen.notifies(timeout=0, stop_after=self.config.catchup_page)
+            self._drain(listen, notes)
             if any(n.channel == self.ping_channel for n in notes):
                 ping_sent_at = None
                 self.listen_alive = True
                 self.metrics.listen_alive.set(1)
             self._bridge_notifications([n for n in notes if n.channel != self.ping_channel])
+
+    def _drain(self, listen: psycopg.Connection, notes: list[psycopg.Notify]) -> None:
+        """Add what else has arrived. A statement's notifications come together but over several
+        socket reads; a drain that found some waits a moment for the rest, so that a burst is
+        one publish (and the fast path's first call a full one). A lone play waits for nothing."""
+        page = self.config.catchup_page
+        wait = 0.0
+        while notes and len(notes) < page:
+            more = list(listen.notifies(timeout=wait, stop_after=page - len(notes)))
+            if not more:
+                return
+            notes += more
+            wait = _DRAIN_WAIT_S
 
     # --- notifications → stream -----------------------------------------------------------
 
