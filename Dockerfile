@@ -23,11 +23,13 @@ RUN pip install --no-deps .
 
 # Run stage: the venv, the SQL and the instance config; no compiler, no pip cache, no sources.
 FROM python:3.11-slim
+# MPLCONFIGDIR: the report's chart (matplotlib) keeps its font cache where `wx` may write.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     DAGSTER_HOME=/opt/dagster/home \
-    WX_SQL_DIR=/app/sql
+    WX_SQL_DIR=/app/sql \
+    MPLCONFIGDIR=/tmp/matplotlib
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY sql ./sql

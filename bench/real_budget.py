@@ -23,6 +23,7 @@ production) and off, since pacing bounds how many statements a second we write.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -154,12 +155,15 @@ def warm_up(url: str, lml_url: str, client: redis.Redis, watch: FinalizeWatch) -
     quiet_lead(url)
 
 
-def quiet_lead(url: str) -> None:
+def quiet_lead(url: str, conn: psycopg.Connection | None = None) -> None:
     """Until our statements' lead on the station's Last-Modified has drained, as it has between
     a real station's plays (minutes apart) and as the budget is quiet at a scenario's start:
     otherwise the warm-up's writes would be charged to the scenario."""
-    with station_connection(url) as conn:
-        while watermark_leads(conn, STATION_SCHEMA)[1] > 0:
+    with station_connection(url) if conn is None else contextlib.nullcontext(conn) as reader:
+        deadline = time.monotonic() + 30
+        while watermark_leads(reader, STATION_SCHEMA)[1] > 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("our write lead did not drain within 30 s")
             time.sleep(0.05)
 
 
@@ -218,19 +222,19 @@ def steady(
 
 def serial(url: str, watch: FinalizeWatch, plays: int, *, apart: bool = False) -> str:
     """One play at a time, each issued once the last is terminal; `apart`: also once our lead
-    has drained (a DJ's plays are minutes apart, so a paced sidecar meets each with room)."""
+    has drained, as it always has between a station's plays (minutes apart)."""
     latencies = []
     record = distinct(f"Serial {time.time()}")
     with station_connection(url) as conn:
         for n in range(plays):
             if apart:
-                quiet_lead(url)
+                quiet_lead(url, conn)
             issued = time.perf_counter()
             row = conn.execute(INSERT, record(n)).fetchone()
             assert row is not None
             watch.wait_for([row[0]], 10)
             latencies.append((watch.done[row[0]] - issued) * 1000)
-    spacing = ", minutes apart" if apart else ""
+    spacing = ", each after our write lead drained" if apart else ""
     return (
         f"one play at a time ({plays}{spacing}), budget off: "
         f"p50 {statistics.median(latencies):.1f} ms, "

@@ -1,10 +1,11 @@
 """Every environment variable wx_orchestration reads: one pydantic-settings model per component.
 
-A process builds them once (`Settings.from_env()`: the sidecar and `wx` at start, the Dagster
-code location when it loads `definitions.py`) and hands them on; nothing else reads the
-environment. Bad values fail there, in one line naming the variable (never echoing its value: some
-are secrets), and so does a combination that breaks a timing rule of `core.timing`. README.md's
-configuration table documents each variable.
+The sidecar and `wx` build `Settings` once at start and hand it on, and the Dagster code location
+when it loads `definitions.py`; code shared by both sides reads its few knobs at use through the
+same models (the pacing bound, `WX_SQL_DIR`, the checks' targets). Bad values fail in one line
+naming the variable (never echoing its value: some are secrets); the sidecar also refuses a
+combination that breaks the claim-timing rule of `core.timing`. README.md's configuration table
+documents each variable.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -25,7 +26,6 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-from pydantic_settings.sources.utils import parse_env_vars
 
 from wx_orchestration.contracts.lml import DEFAULT_LML_RETRY_AFTER_CAP_S, normalize_lml_url
 from wx_orchestration.core.budget import DEFAULT_BURST, BudgetLimits
@@ -72,7 +72,7 @@ class _Environ(EnvSettingsSource):
         env = _ENVIRON.get()
         if env is None:
             return super()._load_env_vars()
-        return parse_env_vars(env, self.case_sensitive, self.env_ignore_empty)
+        return {name: value for name, value in env.items() if value != ""}
 
 
 @contextmanager
@@ -229,7 +229,22 @@ class SidecarSettings(EnvSettings):
     # /readyz details (raw errors naming hosts and users) for clients beyond loopback too.
     readyz_details: bool = Field(False, validation_alias="WX_SIDECAR_READYZ_DETAILS")
     roles: str = Field("", validation_alias="WX_SIDECAR_ROLES")
-    log_level: str = Field("INFO", validation_alias="WX_LOG_LEVEL")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", validation_alias="WX_LOG_LEVEL"
+    )
+
+    @field_validator("readyz_details", mode="before")
+    @classmethod
+    def _one_or_zero(cls, value: Any) -> Any:
+        # Raw errors name hosts and users: only an explicit 1 shows them beyond loopback.
+        if isinstance(value, str) and value.strip() not in ("0", "1"):
+            raise ValueError("use 1 (on) or 0 (off)")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
 
 
 class SentrySettings(EnvSettings):
@@ -272,11 +287,11 @@ class Settings(BaseModel):
             sentry=SentrySettings.from_env(env),
             checks=ChecksSettings.from_env(env),
         )
-        settings.check_timing()
         return settings
 
     def check_timing(self, reclaim_idle_s: float = RECLAIM_IDLE_S) -> None:
-        """The fast path's worst batch fits inside the reclaim idle (`core.timing`)."""
+        """The fast path's worst batch fits inside the reclaim idle (`core.timing`); the
+        sidecar checks it at start when it runs the fast path."""
         try:
             check_fast_path(
                 max_budget_wait_s=self.enrich.max_budget_wait_s,

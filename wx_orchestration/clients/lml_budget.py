@@ -476,12 +476,9 @@ class LmlEntry:
     ) -> BudgetedLml:
         """Calls in `lane`, labelled as `caller` (default: the lane's own, `CALLERS`); a caller
         holding claims bounds its budget waits with `wait_timeout_s`."""
+        lane_family(lane)  # an unknown lane is a clear error, before its caller is looked up
         return BudgetedLml(
-            self.client,
-            self.budget,
-            lane,
-            timeout_s=wait_timeout_s,
-            caller=caller or CALLERS[lane],
+            self.client, self.budget, lane, timeout_s=wait_timeout_s, caller=caller or CALLERS[lane]
         )
 
 

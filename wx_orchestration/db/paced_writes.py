@@ -44,8 +44,9 @@ def flowsheet_transaction(
     if not conn.autocommit:
         raise ValueError("flowsheet_transaction needs an autocommit connection")
     policy = policy or LeadPolicy(max_lead_s=DatabaseSettings.from_env().max_lead_s)
-    if policy.max_lead_s <= 0:
-        # Unpaced writes (tests, one-off loads) neither wait nor leave debt for paced ones.
+    if policy.max_lead_s <= 0 or statements == 0:
+        # Unpaced writes (tests, one-off loads), and transactions that write no flowsheet row,
+        # neither wait nor leave debt for paced ones.
         with conn.transaction():
             yield 0.0
         return

@@ -21,7 +21,7 @@ are redelivered, where a play already finalized or claimed is simply not claimab
 is never finalized twice. Rows whose lookup failed go back to `pending` with backoff, for the
 backlog.
 
-Env (beyond `Settings`): `WX_ENRICH_CACHE_TTL_S` (default 3600), how long a verdict is shared;
+Settings (`EnrichSettings`): `WX_ENRICH_CACHE_TTL_S` (default 3600), how long a verdict is shared;
 `WX_ENRICH_CONSUMERS` (default 1): readers of the group in the process. One is enough: it never
 waits on a call with the stream unread, and more split nothing (they share the queue).
 """
