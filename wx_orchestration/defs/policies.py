@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 from pydantic import ValidationError, model_validator
+
+from wx_orchestration.clients.lml import LmlError
 
 # A run that dies on a dropped database connection or a failover tries again; rows it had
 # claimed are released by its own error path or the stale sweep. Failures that a retry cannot
@@ -29,3 +32,16 @@ class NoRetryConfig(dg.Config):
             raise dg.Failure(
                 description=f"invalid run config for {cls.__name__}: {exc}", allow_retries=False
             ) from None
+
+
+@contextmanager
+def key_refusal_is_final() -> Iterator[None]:
+    """Around an LML-bound flow, whose only escaping `LmlError` is a refused key (its rows given
+    back first): the step fails once, saying what to fix, since no retry can."""
+    try:
+        yield
+    except LmlError as exc:
+        raise dg.Failure(
+            description=f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY.",
+            allow_retries=False,
+        ) from None

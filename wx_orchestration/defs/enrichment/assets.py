@@ -7,7 +7,6 @@ import dagster as dg
 import sentry_sdk
 from pydantic import Field
 
-from wx_orchestration.clients.lml import LmlError
 from wx_orchestration.clients.lml_budget import wait_until_lml_ready
 from wx_orchestration.contracts.lml import MAX_LOOKUP_BULK_ITEMS
 from wx_orchestration.core.timing import BACKLOG_BUDGET_WAIT_S, FAST_PATH_GRACE_S
@@ -15,7 +14,7 @@ from wx_orchestration.core.watermark_lead import MAX_BACKLOG_BATCH_CALLS, backlo
 from wx_orchestration.defs.enrichment.partitions import FLOWSHEET_DAYS
 from wx_orchestration.defs.observability.assets import WX_CDC_STREAM_KEY
 from wx_orchestration.defs.partition_keys import require_known_partition
-from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
+from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig, key_refusal_is_final
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.defs.station.assets import LML_KEY
 from wx_orchestration.defs.tables import outcome_table
@@ -97,7 +96,7 @@ def flowsheet_enrichment(
         sentry_sdk.start_span(op="flowsheet_enrichment.drain", name=label) as span,
         postgres.connection(autocommit=True) as conn,
     ):
-        try:
+        with key_refusal_is_final():
             result = drain_backlog(
                 conn,
                 client,
@@ -109,12 +108,6 @@ def flowsheet_enrichment(
                 progress=context.log.info,
                 reconnect=lambda: postgres.connection(autocommit=True),
             )
-        except LmlError as exc:
-            # Only an auth error escapes drain_backlog; its rows were released first.
-            raise dg.Failure(
-                description=f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY.",
-                allow_retries=False,
-            ) from None
         for name, count in result.outcome.outcome_counts().items():
             span.set_data(f"outcome.{name}", count)
 

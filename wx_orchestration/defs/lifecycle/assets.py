@@ -14,7 +14,6 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from wx_orchestration.clients.lml import LmlError
 from wx_orchestration.contracts.lml import (
     MAX_LOOKUP_BULK_ITEMS,
     NO_MATCH_RECHECK_LOOKUPS,
@@ -38,7 +37,7 @@ from wx_orchestration.db.lifecycle import (
     report_rows,
     streaming_backlog,
 )
-from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig
+from wx_orchestration.defs.policies import TRANSIENT_RETRY, NoRetryConfig, key_refusal_is_final
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.defs.station.assets import FLOWSHEET_KEY, LIBRARY_KEY, LML_KEY
 from wx_orchestration.flows.lifecycle import (
@@ -166,7 +165,7 @@ def no_match_reask(
     )
     ttl_s = config.ttl_days * DAY_S
     with postgres.connection(autocommit=True) as conn:
-        try:
+        with key_refusal_is_final():
             outcome = reask_no_matches(
                 conn,
                 client,
@@ -175,11 +174,6 @@ def no_match_reask(
                 min_age_s=config.min_age_s,
                 progress=context.log.info,
             )
-        except LmlError as exc:
-            raise dg.Failure(
-                description=f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY.",
-                allow_retries=False,
-            ) from None
         cursor = load_cursor(conn, REASK)
         backlog = no_match_backlog(conn, ttl_s=ttl_s)
     per_run = rows_per_run(calls, MAX_LOOKUP_BULK_ITEMS)
@@ -223,7 +217,7 @@ def link_upgrade(
         lml, "lifecycle", caller=STREAMING_UPGRADE_LOOKUPS, wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S
     )
     with postgres.connection(autocommit=True) as conn:
-        try:
+        with key_refusal_is_final():
             outcome = upgrade_links(
                 conn,
                 client,
@@ -231,11 +225,6 @@ def link_upgrade(
                 max_calls=calls,
                 progress=context.log.info,
             )
-        except LmlError as exc:
-            raise dg.Failure(
-                description=f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY.",
-                allow_retries=False,
-            ) from None
         cursor = load_cursor(conn, LINK_UPGRADE)
     return dg.MaterializeResult(metadata=_progress(outcome, cursor, calls))
 
@@ -270,7 +259,7 @@ def streaming_reask(
     )
     retry_after_s = config.retry_after_hours * 3600.0
     with postgres.connection(autocommit=True) as conn:
-        try:
+        with key_refusal_is_final():
             outcome = reask_streaming(
                 conn,
                 client,
@@ -278,11 +267,6 @@ def streaming_reask(
                 max_calls=calls,
                 progress=context.log.info,
             )
-        except LmlError as exc:
-            raise dg.Failure(
-                description=f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY.",
-                allow_retries=False,
-            ) from None
         cursor = load_cursor(conn, STREAMING_REASK)
         backlog = streaming_backlog(conn, retry_after_s=retry_after_s, ttl_s=TTL_DAYS * DAY_S)
     return dg.MaterializeResult(

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from wx_orchestration.core.lifecycle import PassCursor
 from wx_orchestration.db.lifecycle import (
     link_backlog,
     load_cursor,
@@ -27,8 +28,21 @@ from wx_orchestration.flows.lifecycle import LINK_UPGRADE, REASK, STREAMING_REAS
 COHORT_IDLE_S = DAY_S
 
 
-def _pass_age_s(started: datetime | None) -> float:
-    return (datetime.now(UTC) - started).total_seconds() if started else 0.0
+def _within_ttl(
+    cursor: PassCursor, past_ttl: int, ttl_s: float, **counts: int
+) -> dg.AssetCheckResult:
+    """A recurring pass is behind when its current pass outlived the TTL, or rows went a whole
+    TTL past being due."""
+    started = cursor.pass_started_at
+    age = (datetime.now(UTC) - started).total_seconds() if started else 0.0
+    return dg.AssetCheckResult(
+        passed=age <= ttl_s and past_ttl == 0,
+        metadata={
+            "pass": cursor.pass_number,
+            "pass_age_days": round(age / DAY_S, 2),
+            **counts,
+        },
+    )
 
 
 @dg.asset_check(
@@ -44,16 +58,13 @@ def no_match_reask_within_ttl(postgres: PostgresResource) -> dg.AssetCheckResult
     with postgres.connection() as conn:
         cursor = load_cursor(conn, REASK)
         backlog = no_match_backlog(conn, ttl_s=ttl_s)
-    age = _pass_age_s(cursor.pass_started_at)
-    return dg.AssetCheckResult(
-        passed=age <= ttl_s and backlog.past_ttl == 0,
-        metadata={
-            "pass": cursor.pass_number,
-            "pass_age_days": round(age / DAY_S, 2),
-            "rows_past_ttl": backlog.past_ttl,
-            "due": backlog.due,
-            "never_asked": backlog.never_asked,
-        },
+    return _within_ttl(
+        cursor,
+        backlog.past_ttl,
+        ttl_s,
+        rows_past_ttl=backlog.past_ttl,
+        due=backlog.due,
+        never_asked=backlog.never_asked,
     )
 
 
@@ -69,16 +80,13 @@ def link_upgrade_within_ttl(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connection() as conn:
         cursor = load_cursor(conn, LINK_UPGRADE)
         backlog = link_backlog(conn, ttl_s=ttl_s)
-    age = _pass_age_s(cursor.pass_started_at)
-    return dg.AssetCheckResult(
-        passed=age <= ttl_s and backlog.past_ttl == 0,
-        metadata={
-            "pass": cursor.pass_number,
-            "pass_age_days": round(age / DAY_S, 2),
-            "rows_with_placeholders": backlog.rows,
-            "rows_past_ttl": backlog.past_ttl,
-            "never_asked": backlog.never_asked,
-        },
+    return _within_ttl(
+        cursor,
+        backlog.past_ttl,
+        ttl_s,
+        rows_with_placeholders=backlog.rows,
+        rows_past_ttl=backlog.past_ttl,
+        never_asked=backlog.never_asked,
     )
 
 
@@ -98,17 +106,14 @@ def streaming_reask_within_ttl(postgres: PostgresResource) -> dg.AssetCheckResul
         backlog = streaming_backlog(
             conn, retry_after_s=STREAMING_RETRY_AFTER_HOURS * 3600.0, ttl_s=ttl_s
         )
-    age = _pass_age_s(cursor.pass_started_at)
-    return dg.AssetCheckResult(
-        passed=age <= ttl_s and backlog.past_ttl == 0,
-        metadata={
-            "pass": cursor.pass_number,
-            "pass_age_days": round(age / DAY_S, 2),
-            "albums_past_ttl": backlog.past_ttl,
-            "eligible": backlog.eligible,
-            "due": backlog.due,
-            "at_cap": backlog.at_cap,
-        },
+    return _within_ttl(
+        cursor,
+        backlog.past_ttl,
+        ttl_s,
+        albums_past_ttl=backlog.past_ttl,
+        eligible=backlog.eligible,
+        due=backlog.due,
+        at_cap=backlog.at_cap,
     )
 
 

@@ -8,7 +8,6 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from wx_orchestration.clients.lml import LmlError
 from wx_orchestration.contracts.lml import REENRICHMENT_LOOKUPS
 from wx_orchestration.core.budget import lifecycle_calls
 from wx_orchestration.core.lifecycle import COHORT_STATUSES, CohortSpec, Linked, PassCursor
@@ -27,6 +26,7 @@ from wx_orchestration.defs.lifecycle.assets import (
 )
 from wx_orchestration.defs.lifecycle.checks import cohort_reenrichment_finished
 from wx_orchestration.defs.observability.sentry import with_sentry
+from wx_orchestration.defs.policies import key_refusal_is_final
 from wx_orchestration.defs.resources import LmlBudgetResource, LmlResource, PostgresResource
 from wx_orchestration.flows.lifecycle import cohort_cursor_name, reenrich_cohort
 
@@ -156,7 +156,7 @@ def reenrich_cohort_rows(
         client = lml_budget.budgeted(
             lml, "lifecycle", caller=REENRICHMENT_LOOKUPS, wait_timeout_s=LIFECYCLE_BUDGET_WAIT_S
         )
-        try:
+        with key_refusal_is_final():
             result = reenrich_cohort(
                 conn,
                 client,
@@ -166,11 +166,6 @@ def reenrich_cohort_rows(
                 max_calls=config.max_calls or lifecycle_calls(limits, 3600.0),
                 progress=context.log.info,
             )
-        except LmlError as exc:
-            raise dg.Failure(
-                description=f"LML refused the API key (HTTP {exc.status}); check LML_API_KEY.",
-                allow_retries=False,
-            ) from None
         totals = cursor_counters(conn, key)
     outcome = result.outcome
     shed = outcome.not_a_verdict + outcome.error
